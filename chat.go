@@ -1,0 +1,1284 @@
+// The chat itself: sessions, rooms, the events of PROTOCOL.md, and the
+// WebSocket transport that carries them.
+//
+// Read it from the top:
+//
+//  1. A session is one user's presence on the server. It outlives its
+//     connection for a grace period, so a reload or a dropped network costs
+//     nothing: the client comes back with its sid and the last seq it saw.
+//  2. Every event for a session goes into its outbox, numbered by seq. A
+//     transport (a WebSocket here, a long-poll in poll.go) drains the outbox.
+//     Nothing that produces events ever waits on a network.
+//  3. Rooms live in one mutex-guarded map. A broadcast encodes its event once
+//     and appends it to each member's outbox.
+//  4. The events themselves: one small function each.
+//  5. The WebSocket transport: one reader, one writer, and a close code that
+//     says why.
+package main
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	mathrand "math/rand/v2"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+)
+
+// config holds every knob of the server. main fills it from flags
+// (PROTOCOL.md section 8); tests shrink the timeouts instead of sleeping
+// through them.
+type config struct {
+	Grace         time.Duration // how long a session outlives its transport (30 s)
+	PollTimeout   time.Duration // how long a long-poll GET waits for an event (25 s)
+	History       int           // messages kept per room (100)
+	Rate          float64       // events per second per session (20)
+	Burst         int           // the rate limiter's bucket size (40)
+	MaxSessions   int           // live sessions (10,000)
+	Outbox        int           // events kept per session for resuming (256)
+	PresenceLimit int           // members above which a room is a crowd (200)
+	Origins       []string      // extra origins allowed, as host patterns
+	TypingTimeout time.Duration // typing turns itself off after this (5 s)
+	PingEvery     time.Duration // how often the server pings a WebSocket (30 s)
+	Logger        *slog.Logger
+}
+
+// defaultConfig returns the defaults of PROTOCOL.md section 8.
+func defaultConfig() config {
+	return config{
+		Grace:         30 * time.Second,
+		PollTimeout:   25 * time.Second,
+		History:       100,
+		Rate:          20,
+		Burst:         40,
+		MaxSessions:   10000,
+		Outbox:        256,
+		PresenceLimit: 200,
+		TypingTimeout: 5 * time.Second,
+		PingEvery:     30 * time.Second,
+		Logger:        slog.Default(),
+	}
+}
+
+// Limits of PROTOCOL.md section 7 that have no flag.
+const (
+	maxUsername     = 24       // characters
+	maxRoomName     = 32       // characters
+	maxText         = 2000     // characters
+	maxRooms        = 20       // rooms per session
+	maxFrame        = 16 << 10 // bytes in one client WebSocket message
+	rememberedAcks  = 256      // ack numbers a session answers again
+	defaultRoomName = "general"
+)
+
+// WebSocket timing. A ping must be answered within pongWait, which is shorter
+// than the ping interval, so at most one ping is ever outstanding.
+const (
+	writeWait = 10 * time.Second // one write of a batch of events
+	pongWait  = 10 * time.Second
+)
+
+// server is the chat: an http.Handler holding every session and room.
+// newServer builds it; close ends it.
+type server struct {
+	cfg config
+	log *slog.Logger
+	mux *http.ServeMux
+
+	// ctx is the lifetime of every WebSocket connection (not r.Context(),
+	// which net/http cancels in ways that have nothing to do with us).
+	// close cancels it with a closeReason: "going away".
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	conns  sync.WaitGroup // WebSocket handlers and waiting long-polls
+
+	// mu guards the whole chat state: the maps below and every session's
+	// name, rooms, typing timers, ack answers, rate bucket and grace timer.
+	// Nothing waits while holding it: a broadcast only appends to outboxes.
+	mu       sync.Mutex
+	sessions map[string]*session // by sid
+	names    map[string]*session // by lowercase username
+	rooms    map[string]*room    // by name; kept while they have history
+	nextID   int64               // the last message id given out
+	formRate map[string]*bucket  // POST /send_message rate, by client IP
+	closed   bool
+}
+
+// newServer builds the server and its routes. A test is
+// httptest.NewServer(newServer(cfg)).
+func newServer(cfg config) *server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	srv := &server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		mux:      http.NewServeMux(),
+		sessions: make(map[string]*session),
+		names:    make(map[string]*session),
+		rooms:    make(map[string]*room),
+		formRate: make(map[string]*bucket),
+	}
+	srv.ctx, srv.cancel = context.WithCancelCause(context.Background())
+
+	srv.mux.HandleFunc("GET /ws", srv.serveWebSocket)
+	srv.mux.HandleFunc("POST /poll", srv.servePollSend)
+	srv.mux.HandleFunc("GET /poll", srv.servePollReceive)
+	srv.mux.HandleFunc("GET /{$}", srv.servePage)
+	srv.mux.HandleFunc("GET /about", srv.serveAbout)
+	srv.mux.HandleFunc("POST /send_message", srv.serveSendForm)
+	srv.mux.HandleFunc("GET /messages", srv.serveMessages)
+	srv.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	return srv
+}
+
+func (srv *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	srv.mux.ServeHTTP(w, r)
+}
+
+// track counts one more connection that close must wait for. It reports
+// false once the server is closing.
+func (srv *server) track() bool {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.closed {
+		return false
+	}
+	srv.conns.Add(1)
+	return true
+}
+
+// close ends the server: every WebSocket is closed with 1001 (going away),
+// every waiting long-poll answers at once, and every timer stops. It waits
+// for the connections until ctx is done.
+func (srv *server) close(ctx context.Context) {
+	srv.mu.Lock()
+	srv.closed = true
+	for _, s := range srv.sessions {
+		stopTimer(s.grace)
+		for _, t := range s.typing {
+			t.Stop()
+		}
+	}
+	srv.mu.Unlock()
+
+	srv.cancel(closeReason{websocket.StatusGoingAway, "server shutting down"})
+	done := make(chan struct{})
+	go func() { srv.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		srv.log.Warn("shutdown: connections still closing", "err", ctx.Err())
+	}
+}
+
+// ---------------------------------------------------------------------------
+// 1. Sessions
+// ---------------------------------------------------------------------------
+
+// session is one user's presence: its sid, name and rooms, and the outbox of
+// events waiting for its client. It outlives its transport for cfg.Grace.
+type session struct {
+	srv *server
+	sid string // 128 random bits; a secret, never shown to others
+
+	// Guarded by srv.mu.
+	name     string
+	rooms    map[string]*room
+	typing   map[string]*time.Timer // room → timer that turns typing off
+	acks     map[int64][]byte       // ack number → the encoded answer
+	ackOrder []int64                // answered ack numbers, oldest first
+	rate     bucket
+	grace    *time.Timer // runs while no transport is attached
+	ended    bool
+
+	// mu guards the outbox and the transport reading it. Lock order:
+	// srv.mu before s.mu, never the other way round.
+	mu        sync.Mutex
+	outbox    []outEvent // the last cfg.Outbox events, by seq
+	lastSeq   int64      // seq of the newest event; 0 before the first
+	delivered int64      // the client has (or was sent) every seq up to this
+	slow      bool       // fell more than cfg.Outbox events behind
+	transport transport  // nil while detached
+}
+
+// outEvent is one event in an outbox. body is the envelope without its seq:
+// `{"event":…,"data":…,"seq":`. A broadcast shares one body among all the
+// members' outboxes; the writer appends the number and the closing brace.
+type outEvent struct {
+	seq  int64
+	body []byte
+}
+
+// transport carries a session's outbox to its client: a WebSocket
+// connection, or the long-poll GET waiting right now.
+type transport interface {
+	// wake says that events are waiting. It never blocks.
+	wake()
+	// stop ends the transport, telling the client why (a WebSocket close
+	// code and reason). It never blocks.
+	stop(code websocket.StatusCode, reason string)
+}
+
+// newSID returns 128 random bits, URL-safe encoded.
+func newSID() string {
+	b := make([]byte, 16)
+	rand.Read(b) // never fails (crypto/rand panics rather than fail)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// errServerBusy is returned by openSession when cfg.MaxSessions are live.
+var errServerBusy = &chatError{"server_busy", "too many sessions: try again later"}
+
+// openSession starts a session named wanted (or guest-NNNN when that name is
+// invalid or taken), joins it to general, and leaves it detached: the caller
+// attaches a transport or the grace timer ends it.
+func (srv *server) openSession(wanted string) (*session, error) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.closed || len(srv.sessions) >= srv.cfg.MaxSessions {
+		return nil, errServerBusy
+	}
+	s := &session{
+		srv:    srv,
+		sid:    newSID(),
+		rooms:  make(map[string]*room),
+		typing: make(map[string]*time.Timer),
+		acks:   make(map[int64][]byte),
+		rate:   bucket{tokens: float64(srv.cfg.Burst), at: time.Now()},
+	}
+	name, err := validUsername(wanted)
+	if err != nil || srv.names[strings.ToLower(name)] != nil {
+		name = srv.guestName()
+	}
+	s.name = name
+	srv.sessions[s.sid] = s
+	srv.names[strings.ToLower(name)] = s
+	srv.startGrace(s)
+	srv.join(s, defaultRoomName, 0) // cannot fail: a new session has no rooms
+	return s, nil
+}
+
+// guestName returns a free guest-NNNN name.
+func (srv *server) guestName() string {
+	for digits := 4; ; digits++ {
+		for range 20 {
+			name := fmt.Sprintf("guest-%0*d", digits, mathrand.IntN(pow10(digits)))
+			if srv.names[name] == nil {
+				return name
+			}
+		}
+	}
+}
+
+func pow10(n int) int {
+	p := 1
+	for range n {
+		p *= 10
+	}
+	return p
+}
+
+// resumeSession finds the session sid and attaches t to it, if its outbox
+// still holds every event after `after`. Otherwise it ends that session (the
+// client starts over, and must find its name free) and returns nil.
+func (srv *server) resumeSession(sid string, after int64, t transport) *session {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	s := srv.sessions[sid]
+	if s == nil || srv.closed {
+		return nil
+	}
+	if !srv.attach(s, t, after) {
+		srv.endSession(s, "cannot resume")
+		return nil
+	}
+	return s
+}
+
+// attach makes t the session's transport, replacing (code 4000) any other,
+// and sends from seq after+1 on. It reports false when the outbox no longer
+// holds all of those events. srv.mu is held.
+func (srv *server) attach(s *session, t transport, after int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.slow || after > s.lastSeq || after < s.lastSeq-int64(len(s.outbox)) {
+		return false
+	}
+	if s.transport != nil && s.transport != t {
+		s.transport.stop(4000, "replaced")
+	}
+	s.transport = t
+	s.delivered = after
+	stopTimer(s.grace)
+	s.grace = nil
+	if after < s.lastSeq {
+		t.wake()
+	}
+	return true
+}
+
+// detach removes t from the session, if it is still the session's
+// transport, and starts the grace period.
+func (srv *server) detach(s *session, t transport) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	s.mu.Lock()
+	current := s.transport == t
+	if current {
+		s.transport = nil
+	}
+	s.mu.Unlock()
+	if current && !s.ended {
+		srv.startGrace(s)
+	}
+}
+
+// startGrace (re)starts the timer that ends a detached session after
+// cfg.Grace. srv.mu is held.
+func (srv *server) startGrace(s *session) {
+	stopTimer(s.grace)
+	if srv.closed {
+		return
+	}
+	var t *time.Timer
+	t = time.AfterFunc(srv.cfg.Grace, func() {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		if s.grace == t { // not stopped or restarted since
+			srv.endSession(s, "grace period over")
+		}
+	})
+	s.grace = t
+}
+
+func stopTimer(t *time.Timer) {
+	if t != nil {
+		t.Stop()
+	}
+}
+
+// endSession removes the session: it leaves every room (user_left to the
+// others), its name is free again, and its transport is stopped. srv.mu is
+// held.
+func (srv *server) endSession(s *session, why string) {
+	if s.ended {
+		return
+	}
+	s.ended = true
+	stopTimer(s.grace)
+	for _, name := range slices.Sorted(maps.Keys(s.rooms)) {
+		srv.leave(s, s.rooms[name])
+	}
+	delete(srv.sessions, s.sid)
+	delete(srv.names, strings.ToLower(s.name))
+	s.mu.Lock()
+	if s.transport != nil {
+		s.transport.stop(websocket.StatusNormalClosure, "session ended")
+		s.transport = nil
+	}
+	s.outbox = nil
+	s.mu.Unlock()
+	srv.log.Debug("session ended", "user", s.name, "why", why)
+}
+
+// push appends one event to the outbox and wakes the transport. It never
+// waits. A session that falls more than cfg.Outbox events behind its client
+// is a slow reader: its transport is closed (1008, "too slow") and the
+// session ends, so that it never holds back anyone else.
+func (s *session) push(body []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.slow || s.ended { // s.ended: the caller holds srv.mu
+		return
+	}
+	s.lastSeq++
+	s.outbox = append(s.outbox, outEvent{s.lastSeq, body})
+	if keep := s.srv.cfg.Outbox; len(s.outbox) > keep {
+		s.outbox = s.outbox[len(s.outbox)-keep:]
+	}
+	if s.lastSeq-s.delivered > int64(s.srv.cfg.Outbox) {
+		s.slow = true
+		if s.transport != nil {
+			s.transport.stop(websocket.StatusPolicyViolation, "too slow")
+		}
+		// The caller holds srv.mu, and may be walking a room's members:
+		// end the session as soon as it lets go.
+		go func() {
+			s.srv.mu.Lock()
+			defer s.srv.mu.Unlock()
+			s.srv.endSession(s, "too slow")
+		}()
+		return
+	}
+	if s.transport != nil {
+		s.transport.wake()
+	}
+}
+
+// appendEvents appends to buf the events after seq `after`, as one JSON
+// value: the envelope alone when there is one and array is false, else a
+// JSON array. It returns the new buffer and the seq of the last event.
+func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := int(s.lastSeq - after)
+	if n > len(s.outbox) { // only when ended or slow: nothing to send
+		n = 0
+	}
+	array = array || n > 1
+	if array {
+		buf = append(buf, '[')
+	}
+	for i, e := range s.outbox[len(s.outbox)-n:] {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, e.body...)
+		buf = strconv.AppendInt(buf, e.seq, 10)
+		buf = append(buf, '}')
+	}
+	if array {
+		buf = append(buf, ']')
+	}
+	return buf, after + int64(n)
+}
+
+// markDelivered records that the client has every event up to seq.
+func (s *session) markDelivered(seq int64) {
+	s.mu.Lock()
+	s.delivered = max(s.delivered, seq)
+	s.mu.Unlock()
+}
+
+// bucket is a token bucket: cfg.Rate tokens a second, at most cfg.Burst.
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+// take reports whether one event may pass now.
+func (b *bucket) take(rate float64, burst int, now time.Time) bool {
+	b.tokens = min(float64(burst), b.tokens+now.Sub(b.at).Seconds()*rate)
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// ---------------------------------------------------------------------------
+// 2. Rooms and fan-out
+// ---------------------------------------------------------------------------
+
+// room is a named group of sessions and its last cfg.History messages.
+// Guarded by srv.mu.
+type room struct {
+	name    string
+	members map[*session]struct{}
+	history []message
+}
+
+// message is a stored room message: the data of new_message.
+type message struct {
+	ID        int64  `json:"id"`
+	Room      string `json:"room"`
+	Username  string `json:"username"`
+	Text      string `json:"text"`
+	Timestamp string `json:"timestamp"`
+}
+
+// privateMessage is the data of private_message.
+type privateMessage struct {
+	ID        int64  `json:"id"`
+	From      string `json:"from"`
+	To        string `json:"to"`
+	Text      string `json:"text"`
+	Timestamp string `json:"timestamp"`
+}
+
+// timestamp is the server's UTC time in RFC 3339 with milliseconds.
+func timestamp() string {
+	return time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00")
+}
+
+// encodeEvent encodes an event without its seq: `{"event":…,"data":…,"seq":`.
+// Each recipient's writer appends its own seq (session.appendEvents).
+func encodeEvent(event string, data any) []byte {
+	b := make([]byte, 0, 128)
+	b = append(b, `{"event":"`...)
+	b = append(b, event...)
+	b = append(b, `","data":`...)
+	return appendData(b, data)
+}
+
+// encodeAck encodes an ack event without its seq, like encodeEvent.
+func encodeAck(ack int64, data ackData) []byte {
+	b := make([]byte, 0, 128)
+	b = append(b, `{"event":"ack","ack":`...)
+	b = strconv.AppendInt(b, ack, 10)
+	b = append(b, `,"data":`...)
+	return appendData(b, data)
+}
+
+func appendData(b []byte, data any) []byte {
+	d, err := json.Marshal(data)
+	if err != nil {
+		panic(err) // our own types always encode
+	}
+	b = append(b, d...)
+	return append(b, `,"seq":`...)
+}
+
+// broadcast sends one event to every member of r except skip. The event is
+// encoded once, here, and the same bytes go into every member's outbox.
+func (srv *server) broadcast(r *room, skip *session, event string, data any) {
+	body := encodeEvent(event, data)
+	for m := range r.members {
+		if m != skip {
+			m.push(body)
+		}
+	}
+}
+
+// announce is broadcast for presence events (joins, leaves, renames,
+// typing), which a crowd does not get (PROTOCOL.md section 7).
+func (srv *server) announce(r *room, skip *session, event string, data any) {
+	if len(r.members) <= srv.cfg.PresenceLimit {
+		srv.broadcast(r, skip, event, data)
+	}
+}
+
+// roomJoined is the data of room_joined (and of join_room's ack).
+type roomJoined struct {
+	Room    string    `json:"room"`
+	Users   []string  `json:"users"`
+	Count   int       `json:"count"`
+	History []message `json:"history"`
+}
+
+// join adds s to the room called name, creating it if needed: s gets
+// room_joined with the messages after id `since`, the others user_joined.
+// srv.mu is held.
+func (srv *server) join(s *session, name string, since int64) (*roomJoined, error) {
+	r := s.rooms[name]
+	if r == nil {
+		if len(s.rooms) >= maxRooms {
+			return nil, &chatError{"too_many_rooms", fmt.Sprintf("a session may be in at most %d rooms", maxRooms)}
+		}
+		r = srv.rooms[name]
+		if r == nil {
+			r = &room{name: name, members: make(map[*session]struct{})}
+			srv.rooms[name] = r
+		}
+		r.members[s] = struct{}{}
+		s.rooms[name] = r
+		srv.announce(r, s, "user_joined", userEvent{r.name, s.name})
+	}
+	joined := &roomJoined{Room: r.name, Users: srv.usernames(r), Count: len(r.members), History: historySince(r, since)}
+	s.push(encodeEvent("room_joined", joined))
+	return joined, nil
+}
+
+// usernames lists a room's members sorted by their lowercase form, at most
+// cfg.PresenceLimit of them.
+func (srv *server) usernames(r *room) []string {
+	names := make([]string, 0, len(r.members))
+	for m := range r.members {
+		names = append(names, m.name)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		return cmpOr(strings.Compare(strings.ToLower(a), strings.ToLower(b)), strings.Compare(a, b))
+	})
+	return names[:min(len(names), srv.cfg.PresenceLimit)]
+}
+
+func cmpOr(a, b int) int {
+	if a != 0 {
+		return a
+	}
+	return b
+}
+
+// historySince returns the room's messages with an id above since.
+func historySince(r *room, since int64) []message {
+	i, _ := slices.BinarySearchFunc(r.history, since+1, func(m message, id int64) int {
+		return cmp.Compare(m.ID, id)
+	})
+	return append([]message{}, r.history[i:]...)
+}
+
+// leave removes s from r: typing stops, the others get user_left. A room
+// without members and without history is forgotten. srv.mu is held.
+func (srv *server) leave(s *session, r *room) {
+	srv.stopTyping(s, r)
+	srv.announce(r, s, "user_left", userEvent{r.name, s.name})
+	delete(r.members, s)
+	delete(s.rooms, r.name)
+	if len(r.members) == 0 && len(r.history) == 0 {
+		delete(srv.rooms, r.name)
+	}
+}
+
+// userEvent is the data of user_joined and user_left.
+type userEvent struct {
+	Room     string `json:"room"`
+	Username string `json:"username"`
+}
+
+// typingEvent is the data of user_typing.
+type typingEvent struct {
+	Room     string `json:"room"`
+	Username string `json:"username"`
+	Typing   bool   `json:"typing"`
+}
+
+// stopTyping turns s's typing indicator in r off, if it is on. srv.mu is
+// held.
+func (srv *server) stopTyping(s *session, r *room) {
+	t := s.typing[r.name]
+	if t == nil {
+		return
+	}
+	t.Stop()
+	delete(s.typing, r.name)
+	srv.announce(r, s, "user_typing", typingEvent{r.name, s.name, false})
+}
+
+// ---------------------------------------------------------------------------
+// 3. Events: decoding, acks, and one function per event
+// ---------------------------------------------------------------------------
+
+// envelope is one event from a client (PROTOCOL.md section 1).
+type envelope struct {
+	Event string          `json:"event"`
+	Data  json.RawMessage `json:"data"`
+	Ack   json.RawMessage `json:"ack"`
+}
+
+// chatError is a failure with a code of PROTOCOL.md section 4.
+type chatError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *chatError) Error() string { return e.Code + ": " + e.Message }
+
+func badRequest(format string, args ...any) *chatError {
+	return &chatError{"bad_request", fmt.Sprintf(format, args...)}
+}
+
+// splitEnvelopes splits a client message into its envelopes: one JSON
+// object, or a JSON array of them (each element still to be checked). It
+// fails only when msg is not JSON at all.
+func splitEnvelopes(msg []byte) ([]json.RawMessage, error) {
+	msg = bytes.TrimSpace(msg)
+	if !json.Valid(msg) {
+		return nil, badRequest("the message is not valid JSON")
+	}
+	if len(msg) > 0 && msg[0] == '[' {
+		var list []json.RawMessage
+		err := json.Unmarshal(msg, &list)
+		return list, err
+	}
+	return []json.RawMessage{msg}, nil
+}
+
+// decodeEnvelope checks one envelope. It returns the ack number (0 for none)
+// even when the rest is bad, so that the failure can be answered by ack.
+func decodeEnvelope(raw json.RawMessage) (envelope, int64, error) {
+	var env envelope
+	err := json.Unmarshal(raw, &env)
+	var typeErr *json.UnmarshalTypeError
+	if err != nil && !errors.As(err, &typeErr) { // a wrong type still fills the rest
+		if !json.Valid(raw) {
+			return env, 0, badRequest("the message is not valid JSON")
+		}
+		return env, 0, badRequest("an event must be a JSON object with an \"event\" name")
+	}
+	var ack int64
+	if len(env.Ack) > 0 && string(env.Ack) != "null" {
+		n, err := strconv.ParseInt(string(env.Ack), 10, 64)
+		if err != nil || n <= 0 {
+			return env, 0, badRequest("ack must be a positive integer")
+		}
+		ack = n
+	}
+	if err != nil || !validEventName(env.Event) {
+		return env, ack, badRequest("event must be 1-32 characters of a-z and _")
+	}
+	return env, ack, nil
+}
+
+func validEventName(name string) bool {
+	if len(name) < 1 || len(name) > 32 {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if (c < 'a' || c > 'z') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// ackData is the data of an ack event: ok, and either the error or the
+// event's result (PROTOCOL.md section 4).
+type ackData struct {
+	OK       bool            `json:"ok"`
+	Error    *chatError      `json:"error,omitempty"`
+	Message  any             `json:"message,omitempty"`  // send_message, private_message
+	Username string          `json:"username,omitempty"` // set_username
+	Data     json.RawMessage `json:"data,omitempty"`     // echo_message
+	*roomJoined
+	*roomList
+}
+
+// events maps each client event to the function that applies it. Each runs
+// with srv.mu held, pushes the events it causes, and returns its ack.
+var events = map[string]func(srv *server, s *session, data json.RawMessage) (ackData, error){
+	"echo_message":    (*server).echoMessage,
+	"send_message":    (*server).sendMessage,
+	"join_room":       (*server).joinRoom,
+	"leave_room":      (*server).leaveRoom,
+	"set_username":    (*server).setUsername,
+	"typing_start":    (*server).typingStart,
+	"typing_stop":     (*server).typingStop,
+	"private_message": (*server).privateMessage,
+	"list_rooms":      (*server).listRooms,
+}
+
+// handleMessage applies every envelope of one client message, in order: a
+// bad one gets its error and the others are still applied.
+func (srv *server) handleMessage(s *session, msg []byte) {
+	list, err := splitEnvelopes(msg)
+	if err != nil {
+		list = []json.RawMessage{msg} // handle answers it with bad_request
+	}
+	for _, raw := range list {
+		srv.handle(s, raw)
+	}
+}
+
+// handle applies one envelope and answers it: by ack when it has an ack
+// number, else by an error event if it failed.
+func (srv *server) handle(s *session, raw json.RawMessage) {
+	env, ack, err := decodeEnvelope(raw)
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if s.ended {
+		return
+	}
+	if answer, ok := s.acks[ack]; ok {
+		s.push(answer) // a resent event: answered again, not applied again
+		return
+	}
+	if !s.rate.take(srv.cfg.Rate, srv.cfg.Burst, time.Now()) {
+		// Not remembered: the client may send the same ack number again.
+		s.push(encodeAnswer(env.Event, ack, ackData{}, &chatError{"rate_limited", "too many events: slow down"}))
+		return
+	}
+	var result ackData
+	if err == nil {
+		if apply := events[env.Event]; apply != nil {
+			result, err = apply(srv, s, env.Data)
+		} else {
+			err = &chatError{"unknown_event", fmt.Sprintf("there is no event %q", env.Event)}
+		}
+	}
+	if ack == 0 && err == nil {
+		return // done, and nobody asked to hear so
+	}
+	answer := encodeAnswer(env.Event, ack, result, err)
+	if ack > 0 {
+		s.acks[ack] = answer
+		s.ackOrder = append(s.ackOrder, ack)
+		if len(s.ackOrder) > rememberedAcks {
+			delete(s.acks, s.ackOrder[0])
+			s.ackOrder = s.ackOrder[1:]
+		}
+	}
+	s.push(answer)
+}
+
+// encodeAnswer encodes the answer to an event: an ack when the client gave
+// an ack number, else an error event (only when err is set).
+func encodeAnswer(event string, ack int64, result ackData, err error) []byte {
+	var ce *chatError
+	if err != nil && !errors.As(err, &ce) {
+		ce = badRequest("%v", err)
+	}
+	if ack == 0 {
+		return encodeEvent("error", struct {
+			*chatError
+			Event string `json:"event,omitempty"`
+		}{ce, event})
+	}
+	if ce != nil {
+		result = ackData{Error: ce}
+	} else {
+		result.OK = true
+	}
+	return encodeAck(ack, result)
+}
+
+// decodeData decodes an event's data object into v. Absent or null data is
+// an empty object.
+func decodeData(data json.RawMessage, v any) error {
+	if len(data) == 0 || string(data) == "null" {
+		return nil
+	}
+	if data[0] != '{' {
+		return badRequest("data must be a JSON object")
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return badRequest("data has the wrong shape: %v", err)
+	}
+	return nil
+}
+
+// memberRoom checks a room name and that s is in that room.
+func memberRoom(s *session, name string) (*room, error) {
+	if name == "" {
+		name = defaultRoomName
+	}
+	if err := validRoom(name); err != nil {
+		return nil, err
+	}
+	r := s.rooms[name]
+	if r == nil {
+		return nil, &chatError{"not_in_room", fmt.Sprintf("you are not in room %q: join it first", name)}
+	}
+	return r, nil
+}
+
+// echoMessage sends the data back to the sender alone: the "hello world" of
+// real-time.
+func (srv *server) echoMessage(s *session, data json.RawMessage) (ackData, error) {
+	if len(data) == 0 {
+		data = json.RawMessage("null")
+	}
+	s.push(encodeEvent("echo_response", data))
+	return ackData{Data: data}, nil
+}
+
+func (srv *server) sendMessage(s *session, data json.RawMessage) (ackData, error) {
+	var req struct{ Text, Room string }
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	r, err := memberRoom(s, req.Room)
+	if err != nil {
+		return ackData{}, err
+	}
+	if err := validText(req.Text); err != nil {
+		return ackData{}, err
+	}
+	srv.stopTyping(s, r)
+	m := srv.store(r, s.name, req.Text)
+	return ackData{Message: m}, nil
+}
+
+// store keeps a message in the room's history and sends it to every member.
+// srv.mu is held.
+func (srv *server) store(r *room, username, text string) message {
+	srv.nextID++
+	m := message{ID: srv.nextID, Room: r.name, Username: username, Text: text, Timestamp: timestamp()}
+	if len(r.history) < srv.cfg.History {
+		r.history = append(r.history, m)
+	} else if srv.cfg.History > 0 { // full: drop the oldest
+		copy(r.history, r.history[1:])
+		r.history[len(r.history)-1] = m
+	}
+	srv.broadcast(r, nil, "new_message", m)
+	return m
+}
+
+func (srv *server) joinRoom(s *session, data json.RawMessage) (ackData, error) {
+	var req struct {
+		Room  string
+		Since int64
+	}
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	if err := validRoom(req.Room); err != nil {
+		return ackData{}, err
+	}
+	joined, err := srv.join(s, req.Room, req.Since)
+	if err != nil {
+		return ackData{}, err
+	}
+	return ackData{roomJoined: joined}, nil
+}
+
+func (srv *server) leaveRoom(s *session, data json.RawMessage) (ackData, error) {
+	var req struct{ Room string }
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	if err := validRoom(req.Room); err != nil {
+		return ackData{}, err
+	}
+	r, err := memberRoom(s, req.Room)
+	if err != nil {
+		return ackData{}, err
+	}
+	srv.leave(s, r)
+	return ackData{}, nil
+}
+
+func (srv *server) setUsername(s *session, data json.RawMessage) (ackData, error) {
+	var req struct{ Username string }
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	name, err := validUsername(req.Username)
+	if err != nil {
+		return ackData{}, err
+	}
+	if other := srv.names[strings.ToLower(name)]; other != nil && other != s {
+		return ackData{}, &chatError{"username_taken", fmt.Sprintf("%q is taken", name)}
+	}
+	old := s.name
+	if name == old {
+		return ackData{Username: name}, nil
+	}
+	delete(srv.names, strings.ToLower(old))
+	srv.names[strings.ToLower(name)] = s
+	s.name = name
+	for _, roomName := range slices.Sorted(maps.Keys(s.rooms)) {
+		r := s.rooms[roomName]
+		renamed := struct {
+			Room string `json:"room"`
+			Old  string `json:"old"`
+			New  string `json:"new"`
+		}{r.name, old, name}
+		srv.announce(r, s, "user_renamed", renamed)
+		s.push(encodeEvent("user_renamed", renamed))
+	}
+	return ackData{Username: name}, nil
+}
+
+func (srv *server) typingStart(s *session, data json.RawMessage) (ackData, error) {
+	var req struct{ Room string }
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	r, err := memberRoom(s, req.Room)
+	if err != nil {
+		return ackData{}, err
+	}
+	// Every typing_start is passed on (clients forget a typing: true they
+	// have not seen repeated for 6 s) and restarts the timer.
+	stopTimer(s.typing[r.name])
+	var t *time.Timer
+	t = time.AfterFunc(srv.cfg.TypingTimeout, func() {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		if s.typing[r.name] == t {
+			srv.stopTyping(s, r)
+		}
+	})
+	s.typing[r.name] = t
+	srv.announce(r, s, "user_typing", typingEvent{r.name, s.name, true})
+	return ackData{}, nil
+}
+
+func (srv *server) typingStop(s *session, data json.RawMessage) (ackData, error) {
+	var req struct{ Room string }
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	r, err := memberRoom(s, req.Room)
+	if err != nil {
+		return ackData{}, err
+	}
+	srv.stopTyping(s, r)
+	return ackData{}, nil
+}
+
+func (srv *server) privateMessage(s *session, data json.RawMessage) (ackData, error) {
+	var req struct{ To, Text string }
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	to := srv.names[strings.ToLower(strings.TrimSpace(req.To))]
+	if to == nil {
+		return ackData{}, &chatError{"user_not_found", fmt.Sprintf("nobody called %q is online", req.To)}
+	}
+	if err := validText(req.Text); err != nil {
+		return ackData{}, err
+	}
+	srv.nextID++
+	m := privateMessage{ID: srv.nextID, From: s.name, To: to.name, Text: req.Text, Timestamp: timestamp()}
+	body := encodeEvent("private_message", m)
+	to.push(body)
+	if to != s {
+		s.push(body)
+	}
+	return ackData{Message: m}, nil
+}
+
+// roomList is the data of rooms (and of list_rooms's ack).
+type roomList struct {
+	Rooms []roomInfo `json:"rooms"`
+}
+
+type roomInfo struct {
+	Name  string `json:"name"`
+	Users int    `json:"users"`
+}
+
+func (srv *server) listRooms(s *session, data json.RawMessage) (ackData, error) {
+	if err := decodeData(data, &struct{}{}); err != nil {
+		return ackData{}, err
+	}
+	list := &roomList{Rooms: []roomInfo{}}
+	for _, name := range slices.Sorted(maps.Keys(srv.rooms)) {
+		if n := len(srv.rooms[name].members); n > 0 {
+			list.Rooms = append(list.Rooms, roomInfo{name, n})
+		}
+	}
+	s.push(encodeEvent("rooms", list))
+	return ackData{roomList: list}, nil
+}
+
+// ---------------------------------------------------------------------------
+// The rules of PROTOCOL.md section 7
+// ---------------------------------------------------------------------------
+
+// validUsername trims the name and checks it: 1–24 letters, digits, spaces,
+// '-', '_' and '.'.
+func validUsername(name string) (string, error) {
+	name = strings.TrimSpace(name)
+	n := utf8.RuneCountInString(name)
+	ok := n >= 1 && n <= maxUsername && utf8.ValidString(name)
+	for _, c := range name {
+		ok = ok && (unicode.IsLetter(c) || unicode.IsDigit(c) || strings.ContainsRune(" -_.", c))
+	}
+	if !ok {
+		return "", &chatError{"invalid_username", "a username is 1-24 letters, digits, spaces, '-', '_' or '.'"}
+	}
+	return name, nil
+}
+
+// validRoom checks a room name: 1–32 letters, digits, '-', '_' and '.'.
+func validRoom(name string) error {
+	n := utf8.RuneCountInString(name)
+	ok := n >= 1 && n <= maxRoomName && utf8.ValidString(name)
+	for _, c := range name {
+		ok = ok && (unicode.IsLetter(c) || unicode.IsDigit(c) || strings.ContainsRune("-_.", c))
+	}
+	if !ok {
+		return &chatError{"invalid_room", "a room name is 1-32 letters, digits, '-', '_' or '.'"}
+	}
+	return nil
+}
+
+// validText checks a message: 1–2000 characters once spaces are trimmed.
+// The text is stored as given.
+func validText(text string) error {
+	n := utf8.RuneCountInString(strings.TrimSpace(text))
+	if n < 1 || n > maxText {
+		return &chatError{"invalid_message", fmt.Sprintf("a message is 1-%d characters", maxText)}
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// 4. The WebSocket transport: GET /ws
+// ---------------------------------------------------------------------------
+
+// closeReason is why a connection ends: the close code and reason the
+// client reads. It is the cause of the connection's context.
+type closeReason struct {
+	code   websocket.StatusCode
+	reason string
+}
+
+func (c closeReason) Error() string { return fmt.Sprintf("close %d: %s", c.code, c.reason) }
+
+// wsConn is one WebSocket connection attached to a session. The handler
+// goroutine reads; writeLoop is the only goroutine that writes to conn.
+type wsConn struct {
+	conn    *websocket.Conn
+	pending chan struct{} // "the outbox has events": one slot, never blocks
+	cancel  context.CancelCauseFunc
+}
+
+func (c *wsConn) wake() {
+	select {
+	case c.pending <- struct{}{}:
+	default: // already signalled: the writer will see every event anyway
+	}
+}
+
+func (c *wsConn) stop(code websocket.StatusCode, reason string) {
+	c.cancel(closeReason{code, reason})
+}
+
+// serveWebSocket upgrades the request, attaches the connection to a new or
+// resumed session, and then reads the client's events until the connection
+// ends. The session stays for cfg.Grace after that.
+func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	after, err := parseSeq(q.Get("after"))
+	if err != nil {
+		http.Error(w, "after must be a seq number", http.StatusBadRequest)
+		return
+	}
+	// net/http's read and write timeouts stay on a hijacked connection;
+	// a WebSocket lives longer than any of them.
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Time{})
+	rc.SetWriteDeadline(time.Time{})
+
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: srv.cfg.Origins})
+	if err != nil {
+		return // Accept has answered (403 for a foreign origin)
+	}
+	if !srv.track() {
+		conn.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
+	defer srv.conns.Done()
+	conn.SetReadLimit(maxFrame)
+
+	ctx, cancel := context.WithCancelCause(srv.ctx)
+	defer cancel(nil)
+	c := &wsConn{conn: conn, pending: make(chan struct{}, 1), cancel: cancel}
+
+	var s *session
+	resumed := false
+	if sid := q.Get("sid"); sid != "" {
+		s = srv.resumeSession(sid, after, c)
+		resumed = s != nil
+	}
+	if s == nil {
+		after = 0
+		s, err = srv.openSession(q.Get("username"))
+		if err != nil {
+			conn.Close(websocket.StatusTryAgainLater, "server busy")
+			return
+		}
+		srv.mu.Lock()
+		srv.attach(s, c, 0)
+		srv.mu.Unlock()
+	}
+	defer srv.detach(s, c)
+
+	srv.mu.Lock()
+	welcome := encodeWelcome(s.sid, s.name, resumed)
+	srv.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.writeLoop(ctx, s, welcome, after)
+	}()
+
+	// The reader. It reads with a context that is never cancelled, because
+	// coder/websocket drops the connection without a close frame when a
+	// Read's context ends; the writer closes the connection instead, which
+	// ends this Read.
+	for {
+		_, msg, err := conn.Read(context.Background())
+		if err != nil {
+			cancel(err)
+			break
+		}
+		srv.handleMessage(s, msg)
+	}
+	<-done
+}
+
+// writeLoop is the only goroutine that writes to the connection. It sends
+// welcome, then every event after `after`, batching all the events that are
+// waiting into one message; it pings every cfg.PingEvery. When ctx ends it
+// closes the connection with the code and reason of ctx's cause.
+func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, after int64) {
+	ping := time.NewTicker(s.srv.cfg.PingEvery)
+	defer ping.Stop()
+
+	err := c.write(welcome)
+	var buf []byte
+	for err == nil {
+		var last int64
+		buf, last = s.appendEvents(buf[:0], after, false)
+		if last > after {
+			if err = c.write(buf); err == nil {
+				after = last
+				s.markDelivered(last)
+			}
+			continue
+		}
+		select {
+		case <-c.pending:
+		case <-ping.C:
+			pingCtx, cancel := context.WithTimeout(context.Background(), pongWait)
+			err = c.conn.Ping(pingCtx)
+			cancel()
+		case <-ctx.Done():
+			err = context.Cause(ctx)
+		}
+	}
+	var reason closeReason
+	if errors.As(err, &reason) {
+		c.conn.Close(reason.code, reason.reason)
+	} else {
+		c.conn.CloseNow() // the peer is gone or broken: no handshake to wait for
+	}
+}
+
+// write sends one message. Its deadline is its own, not ctx's: a write cut
+// short by a cancelled context drops the connection without a close frame,
+// and the client would never learn why it was closed.
+func (c *wsConn) write(msg []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), writeWait)
+	defer cancel()
+	return c.conn.Write(ctx, websocket.MessageText, msg)
+}
+
+// encodeWelcome encodes the welcome event, the only one without a seq.
+func encodeWelcome(sid, username string, resumed bool) []byte {
+	b, _ := json.Marshal(struct {
+		Event string `json:"event"`
+		Data  any    `json:"data"`
+	}{"welcome", struct {
+		SID      string `json:"sid"`
+		Username string `json:"username"`
+		Resumed  bool   `json:"resumed"`
+	}{sid, username, resumed}})
+	return b
+}
+
+// parseSeq parses an `after` cursor; empty is 0.
+func parseSeq(v string) (int64, error) {
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, errors.New("not a seq number")
+	}
+	return n, nil
+}

@@ -1,0 +1,364 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// TestMain fails the run when goroutines outlive the tests: every test
+// closes its clients and its server, so nothing of ours may be left.
+func TestMain(m *testing.M) {
+	before := runtime.NumGoroutine()
+	code := m.Run()
+	if code == 0 {
+		if leaked := waitGoroutines(before); leaked != "" {
+			fmt.Fprintf(os.Stderr, "goroutines left behind after the tests:\n%s\n", leaked)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// waitGoroutines waits up to 5 s for the goroutine count to fall back to n,
+// and returns the stacks when it does not.
+func waitGoroutines(n int) string {
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > n {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			return string(buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return ""
+}
+
+// waitTimeout bounds every wait for an event: a lost event fails a test in
+// seconds, it never hangs it.
+const waitTimeout = 5 * time.Second
+
+// testConfig is the default config with a quiet logger.
+func testConfig() config {
+	cfg := defaultConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	return cfg
+}
+
+// startServer starts a server with cfg changed by edit, and closes it
+// when the test ends.
+func startServer(t *testing.T, edit func(*config)) (*server, *httptest.Server) {
+	t.Helper()
+	cfg := testConfig()
+	if edit != nil {
+		edit(&cfg)
+	}
+	srv := newServer(cfg)
+	ts := httptest.NewServer(srv)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.close(ctx)
+		ts.Close()
+	})
+	return srv, ts
+}
+
+// event is one envelope from the server.
+type event struct {
+	Event string          `json:"event"`
+	Data  json.RawMessage `json:"data"`
+	Ack   int64           `json:"ack"`
+	Seq   int64           `json:"seq"`
+}
+
+func (e event) String() string {
+	return fmt.Sprintf("%s seq=%d ack=%d %s", e.Event, e.Seq, e.Ack, e.Data)
+}
+
+// decode decodes the event's data into v, failing the test if it cannot.
+func (e event) decode(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal(e.Data, v); err != nil {
+		t.Fatalf("decode %s: %v", e, err)
+	}
+}
+
+// client is a test's WebSocket client. Its reader goroutine splits every
+// message into events, checks that seq never skips or repeats, and queues
+// them for next.
+type client struct {
+	t        *testing.T
+	conn     *websocket.Conn
+	events   chan event
+	done     chan struct{} // closed when the reader ends
+	closeErr error         // why the reader ended; read after done
+
+	welcome  event
+	sid      string
+	username string
+
+	ackN int64 // the last ack number used by call
+
+	mu      sync.Mutex
+	lastSeq int64 // written by the reader
+}
+
+// wsURL turns the test server's URL into a WebSocket URL with query q.
+func wsURL(ts *httptest.Server, q url.Values) string {
+	return "ws" + strings.TrimPrefix(ts.URL, "http") + "/ws?" + q.Encode()
+}
+
+// dial connects a new session named username (empty for a guest) and reads
+// its welcome.
+func dial(t *testing.T, ts *httptest.Server, username string) *client {
+	t.Helper()
+	q := url.Values{}
+	if username != "" {
+		q.Set("username", username)
+	}
+	return dialQuery(t, ts, q, 0)
+}
+
+// dialQuery connects with the query q. seq is the last seq the client saw:
+// the first event after welcome must be seq+1.
+func dialQuery(t *testing.T, ts *httptest.Server, q url.Values, seq int64) *client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, wsURL(ts, q), nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	conn.SetReadLimit(-1)
+	c := &client{t: t, conn: conn, events: make(chan event, 10000), done: make(chan struct{}), lastSeq: seq}
+	go c.read()
+	t.Cleanup(c.close)
+	c.welcome = c.next()
+	if c.welcome.Event != "welcome" {
+		t.Fatalf("first event: got %s, want welcome", c.welcome)
+	}
+	var w struct {
+		SID      string
+		Username string
+	}
+	c.welcome.decode(t, &w)
+	c.sid, c.username = w.SID, w.Username
+	return c
+}
+
+// read is the client's only reader.
+func (c *client) read() {
+	defer close(c.done)
+	defer close(c.events)
+	for {
+		_, msg, err := c.conn.Read(context.Background())
+		if err != nil {
+			c.closeErr = err
+			return
+		}
+		var list []event
+		if strings.HasPrefix(string(msg), "[") {
+			if err := json.Unmarshal(msg, &list); err != nil {
+				c.t.Errorf("server sent bad JSON %q: %v", msg, err)
+			}
+		} else {
+			var e event
+			if err := json.Unmarshal(msg, &e); err != nil {
+				c.t.Errorf("server sent bad JSON %q: %v", msg, err)
+			}
+			list = []event{e}
+		}
+		for _, e := range list {
+			if e.Event != "welcome" {
+				c.mu.Lock()
+				if e.Seq != c.lastSeq+1 {
+					c.t.Errorf("%s: got seq %d after %d", c.username, e.Seq, c.lastSeq)
+				}
+				c.lastSeq = e.Seq
+				c.mu.Unlock()
+			}
+			c.events <- e
+		}
+	}
+}
+
+// close closes the connection (if still open) and waits for the reader.
+func (c *client) close() {
+	c.conn.Close(websocket.StatusNormalClosure, "")
+	<-c.done
+}
+
+// drop ends the connection abruptly, with no close frame, as a lost network
+// would.
+func (c *client) drop() {
+	c.conn.CloseNow()
+	<-c.done
+}
+
+// seq is the last seq the client has read.
+func (c *client) seq() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastSeq
+}
+
+// emit sends one event, with an ack number when ack > 0.
+func (c *client) emit(name string, data any, ack int64) {
+	c.t.Helper()
+	env := map[string]any{"event": name}
+	if data != nil {
+		env["data"] = data
+	}
+	if ack > 0 {
+		env["ack"] = ack
+	}
+	b, _ := json.Marshal(env)
+	c.sendRaw(string(b))
+}
+
+// sendRaw sends one text message as it is.
+func (c *client) sendRaw(msg string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := c.conn.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// next returns the next event, failing the test after waitTimeout.
+func (c *client) next() event {
+	c.t.Helper()
+	select {
+	case e, ok := <-c.events:
+		if !ok {
+			c.t.Fatalf("%s: connection ended while waiting for an event: %v", c.username, c.closeErr)
+		}
+		return e
+	case <-time.After(waitTimeout):
+		c.t.Fatalf("%s: no event within %v", c.username, waitTimeout)
+	}
+	panic("unreachable")
+}
+
+// expect returns the next event and fails unless it is called name.
+func (c *client) expect(name string) event {
+	c.t.Helper()
+	e := c.next()
+	if e.Event != name {
+		c.t.Fatalf("%s: got %s, want %s", c.username, e, name)
+	}
+	return e
+}
+
+// waitFor skips events until one called name arrives.
+func (c *client) waitFor(name string) event {
+	c.t.Helper()
+	deadline := time.After(waitTimeout)
+	for {
+		select {
+		case e, ok := <-c.events:
+			if !ok {
+				c.t.Fatalf("%s: connection ended while waiting for %s: %v", c.username, name, c.closeErr)
+			}
+			if e.Event == name {
+				return e
+			}
+		case <-deadline:
+			c.t.Fatalf("%s: no %s within %v", c.username, name, waitTimeout)
+		}
+	}
+}
+
+// quiet fails if an event arrives within d.
+func (c *client) quiet(d time.Duration) {
+	c.t.Helper()
+	select {
+	case e, ok := <-c.events:
+		if ok {
+			c.t.Fatalf("%s: got %s, want nothing", c.username, e)
+		}
+	case <-time.After(d):
+	}
+}
+
+// call emits an event with a fresh ack number and returns the ack's data,
+// skipping other events on the way.
+func (c *client) call(name string, data any) ackReply {
+	c.t.Helper()
+	c.ackN++
+	n := c.ackN
+	c.emit(name, data, n)
+	for {
+		e := c.waitFor("ack")
+		if e.Ack == n {
+			var r ackReply
+			e.decode(c.t, &r)
+			r.raw = e.Data
+			return r
+		}
+	}
+}
+
+// ackReply is the data of an ack.
+type ackReply struct {
+	OK    bool
+	Error struct{ Code, Message string }
+	raw   json.RawMessage
+}
+
+// closeStatus waits for the connection to end and returns its close code
+// and reason.
+func (c *client) closeStatus() (websocket.StatusCode, string) {
+	c.t.Helper()
+	deadline := time.After(waitTimeout)
+	for {
+		select {
+		case _, ok := <-c.events:
+			if !ok {
+				var ce websocket.CloseError
+				if errors.As(c.closeErr, &ce) {
+					return ce.Code, ce.Reason
+				}
+				return websocket.CloseStatus(c.closeErr), ""
+			}
+		case <-deadline:
+			c.t.Fatalf("%s: connection still open after %v", c.username, waitTimeout)
+		}
+	}
+}
+
+// joined opens a session called name and reads its room_joined for general.
+func joined(t *testing.T, ts *httptest.Server, name string) *client {
+	t.Helper()
+	c := dial(t, ts, name)
+	c.expect("room_joined")
+	return c
+}
+
+// httpGet fetches a URL and returns status and body.
+func httpGet(t *testing.T, u string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}

@@ -1,0 +1,126 @@
+// Command chat is a small real-time chat server: WebSockets, with
+// long-polling as the fallback, sessions that survive a dropped connection,
+// rooms, private messages and typing indicators. PROTOCOL.md is its wire
+// contract; README.md says how to run it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "chat:", err)
+		os.Exit(1)
+	}
+}
+
+// shutdownWait bounds a shutdown: PROTOCOL.md promises an exit within 5 s.
+const shutdownWait = 4 * time.Second
+
+// run parses the flags, serves until ctx is done, then shuts down: every
+// WebSocket is closed with 1001 and every waiting long-poll answered.
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	cfg := defaultConfig()
+	addr := ":8080"
+	if port := os.Getenv("PORT"); port != "" {
+		addr = ":" + port
+	}
+	fs := flag.NewFlagSet("chat", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	fs.StringVar(&addr, "addr", addr, "listen address (default :8080, or :$PORT)")
+	fs.DurationVar(&cfg.Grace, "grace", cfg.Grace, "how long a session outlives its transport")
+	fs.DurationVar(&cfg.PollTimeout, "poll-timeout", cfg.PollTimeout, "how long a long-poll GET waits")
+	fs.IntVar(&cfg.History, "history", cfg.History, "messages kept per room")
+	fs.Float64Var(&cfg.Rate, "rate", cfg.Rate, "events per second per session")
+	fs.IntVar(&cfg.Burst, "burst", cfg.Burst, "burst of events per session")
+	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "live sessions")
+	fs.IntVar(&cfg.Outbox, "outbox", cfg.Outbox, "events kept per session")
+	fs.IntVar(&cfg.PresenceLimit, "presence-limit", cfg.PresenceLimit, "members above which a room stops announcing presence")
+	origins := fs.String("origins", "", "extra origins allowed to open WebSockets and POST, comma-separated host patterns")
+	verbose := fs.Bool("v", false, "log every session's end")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if cfg.Outbox < 1 || cfg.Burst < 1 || cfg.Rate <= 0 || cfg.MaxSessions < 1 || cfg.History < 0 || cfg.PresenceLimit < 0 {
+		return errors.New("-outbox, -burst, -rate and -max-sessions must be positive; -history and -presence-limit not negative")
+	}
+	for o := range strings.SplitSeq(*origins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			cfg.Origins = append(cfg.Origins, o)
+		}
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stdout, &slog.HandlerOptions{Level: level}))
+	log := cfg.Logger
+
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := newServer(cfg)
+	hs := &http.Server{
+		Handler:           srv,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		// A long-poll GET is held for cfg.PollTimeout before it is answered:
+		// the write timeout must outlast it.
+		WriteTimeout: cfg.PollTimeout + 10*time.Second,
+		IdleTimeout:  2 * time.Minute,
+		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("chat server listening", "addr", ln.Addr().String(), "url", "http://"+displayAddr(ln.Addr()))
+
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+
+	log.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownWait)
+	defer cancel()
+	// http.Server.Shutdown does not touch hijacked connections (the
+	// WebSockets) and waits for the long-polls: srv.close ends both.
+	closed := make(chan struct{})
+	go func() { srv.close(shutdownCtx); close(closed) }()
+	err = hs.Shutdown(shutdownCtx)
+	<-closed
+	<-served // http.ErrServerClosed
+	return err
+}
+
+// displayAddr turns a listening address into one a browser can open:
+// localhost for an unspecified host.
+func displayAddr(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
+}

@@ -1,0 +1,223 @@
+// The plain HTTP part of the chat (PROTOCOL.md section 6, "Plain HTTP"):
+// the page, a form that posts a message without JavaScript, and the history
+// as JSON. This is the first step of the story: request, response, done.
+package main
+
+import (
+	_ "embed"
+	"encoding/json"
+	"html/template"
+	"net"
+	"net/http"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+)
+
+//go:embed index.html
+var indexHTML string
+
+// page is index.html, rendered with the latest messages of general so that
+// it reads with JavaScript turned off.
+var page = template.Must(template.New("index.html").Parse(indexHTML))
+
+// pageMessages is how many messages of general the page shows.
+const pageMessages = 50
+
+// servePage renders the chat page.
+func (srv *server) servePage(w http.ResponseWriter, r *http.Request) {
+	srv.mu.Lock()
+	var messages []message
+	if g := srv.rooms[defaultRoomName]; g != nil {
+		messages = g.history[max(0, len(g.history)-pageMessages):]
+		messages = append([]message(nil), messages...)
+	}
+	srv.mu.Unlock()
+
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if err := page.Execute(w, struct{ Messages []message }{messages}); err != nil {
+		srv.log.Warn("page", "err", err)
+	}
+}
+
+var about = template.Must(template.New("about").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>About this chat</title></head>
+<body><h1>About this chat</h1>
+<p>A small real-time chat server written in Go with one dependency,
+github.com/coder/websocket.</p>
+<p>It speaks WebSocket (<code>GET /ws</code>) and, where WebSockets are blocked,
+long-polling over plain HTTP (<code>/poll</code>). The wire protocol is
+documented in PROTOCOL.md, in the server's source repository.</p>
+<p><a href="/">Back to the chat</a></p>
+</body></html>
+`))
+
+// serveAbout serves a short page about the server.
+func (srv *server) serveAbout(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	about.Execute(w, nil)
+}
+
+var formError = template.Must(template.New("formError").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Message not sent</title></head>
+<body><h1>Message not sent</h1><p>{{.}}</p><p><a href="/">Back to the chat</a></p></body></html>
+`))
+
+// serveSendForm takes the page's no-JavaScript form (fields username and
+// message): it stores the message in general like send_message, then
+// redirects back to the page (303, so a reload does not post it again).
+// No session is made, and nobody may speak as a live user.
+func (srv *server) serveSendForm(w http.ResponseWriter, r *http.Request) {
+	if srv.crossSite(r) {
+		http.Error(w, "cross-site request refused", http.StatusForbidden)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxPollBody)
+	refuse := func(status int, why string) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.WriteHeader(status)
+		formError.Execute(w, why)
+	}
+	if err := r.ParseForm(); err != nil {
+		refuse(http.StatusBadRequest, "The form could not be read.")
+		return
+	}
+	name, err := validUsername(r.PostForm.Get("username"))
+	if err != nil {
+		refuse(http.StatusBadRequest, "That username is not valid: use 1 to 24 letters, digits, spaces, '-', '_' or '.'.")
+		return
+	}
+	text := r.PostForm.Get("message")
+	if err := validText(text); err != nil {
+		refuse(http.StatusBadRequest, "A message is 1 to 2000 characters.")
+		return
+	}
+
+	srv.mu.Lock()
+	if srv.names[strings.ToLower(name)] != nil {
+		srv.mu.Unlock()
+		refuse(http.StatusBadRequest, "Someone online is using that username right now: choose another.")
+		return
+	}
+	b := srv.formBucket(clientIP(r))
+	if !b.take(srv.cfg.Rate, srv.cfg.Burst, time.Now()) {
+		srv.mu.Unlock()
+		refuse(http.StatusTooManyRequests, "Too many messages: wait a moment and try again.")
+		return
+	}
+	g := srv.rooms[defaultRoomName]
+	if g == nil {
+		g = &room{name: defaultRoomName, members: make(map[*session]struct{})}
+		srv.rooms[defaultRoomName] = g
+	}
+	srv.store(g, name, text)
+	srv.mu.Unlock()
+
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// formBucket returns the rate bucket of one client address: the form has no
+// session to keep it in. Full buckets are forgotten when there are many.
+// srv.mu is held.
+func (srv *server) formBucket(ip string) *bucket {
+	now := time.Now()
+	if len(srv.formRate) >= 1024 {
+		for k, b := range srv.formRate {
+			if b.tokens+now.Sub(b.at).Seconds()*srv.cfg.Rate >= float64(srv.cfg.Burst) {
+				delete(srv.formRate, k)
+			}
+		}
+	}
+	b := srv.formRate[ip]
+	if b == nil {
+		b = &bucket{tokens: float64(srv.cfg.Burst), at: now}
+		srv.formRate[ip] = b
+	}
+	return b
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// serveMessages answers GET /messages?room=R&since=ID with the room's stored
+// messages after id since, as a JSON array.
+func (srv *server) serveMessages(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("room")
+	if name == "" {
+		name = defaultRoomName
+	}
+	if err := validRoom(name); err != nil {
+		writeError(w, http.StatusBadRequest, err.(*chatError))
+		return
+	}
+	var since int64
+	if v := r.URL.Query().Get("since"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, badRequest("since must be a message id"))
+			return
+		}
+		since = n
+	}
+	srv.mu.Lock()
+	list := []message{}
+	if rm := srv.rooms[name]; rm != nil {
+		list = historySince(rm, since)
+	}
+	srv.mu.Unlock()
+	writeJSON(w, http.StatusOK, list)
+}
+
+// writeJSON answers with v as JSON, never cached.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers {"error": {"code", "message"}}.
+func writeError(w http.ResponseWriter, status int, e *chatError) {
+	writeJSON(w, status, struct {
+		Error *chatError `json:"error"`
+	}{e})
+}
+
+// crossSite reports whether a state-changing request comes from another
+// site: its Origin is neither this host nor allowed by -origins, or, without
+// an Origin, the browser's Sec-Fetch-Site says so. Like a WebSocket
+// handshake (coder/websocket checks the same), a form on another site must
+// not post as our users.
+func (srv *server) crossSite(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		site := r.Header.Get("Sec-Fetch-Site")
+		return site == "cross-site" || site == "same-site"
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return true // "null" and other opaque origins
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return false
+	}
+	for _, pattern := range srv.cfg.Origins {
+		target := u.Host
+		if strings.Contains(pattern, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		if ok, _ := path.Match(strings.ToLower(pattern), strings.ToLower(target)); ok {
+			return false
+		}
+	}
+	return true
+}

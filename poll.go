@@ -1,0 +1,184 @@
+// Long-polling: the same sessions over plain HTTP, for networks where a
+// proxy or firewall blocks WebSockets (PROTOCOL.md section 6).
+//
+// HTTP cannot push: the server only ever answers. Long-polling turns that
+// around by asking in advance. The client sends GET /poll and the server
+// simply does not answer until it has something to say (or until
+// cfg.PollTimeout passes, when it answers [] and the client asks again). An
+// answer the moment an event exists is as good as a push; the client then
+// asks again at once. What the client says goes the other way, in ordinary
+// POSTs.
+//
+// What makes it lossless is the cursor. Every GET carries after=N, the
+// highest seq the client has processed. The server answers every event of
+// the session's outbox (chat.go) with a larger seq, and forgets nothing
+// until a later GET says the client has it. A response lost on the way is
+// no loss: the next GET still says after=N and gets the same events again.
+//
+// A long-poll GET is a transport like a WebSocket connection: while it
+// waits it is attached to the session, and push wakes it. Between GETs the
+// session is detached and its grace timer runs, exactly as when a WebSocket
+// drops; a client that stops polling for longer than cfg.Grace is gone.
+package main
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// maxPollBody is the largest POST /poll body (and form post), in bytes.
+const maxPollBody = 64 << 10
+
+// pollWait is one GET /poll waiting for a session's events: the session's
+// transport while it waits.
+type pollWait struct {
+	pending  chan struct{} // "the outbox has events": one slot, never blocks
+	done     chan struct{} // closed by stop
+	once     sync.Once
+	replaced atomic.Bool // a newer GET took over: answer [] at once
+}
+
+func (p *pollWait) wake() {
+	select {
+	case p.pending <- struct{}{}:
+	default:
+	}
+}
+
+func (p *pollWait) stop(code websocket.StatusCode, reason string) {
+	if code == 4000 {
+		p.replaced.Store(true)
+	}
+	p.once.Do(func() { close(p.done) })
+}
+
+// servePollSend is POST /poll. Without a sid it opens a session and answers
+// its welcome; with one it applies the events in the body, in order.
+func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
+	if srv.crossSite(r) {
+		writeError(w, http.StatusForbidden, badRequest("cross-site request refused"))
+		return
+	}
+	sid := r.URL.Query().Get("sid")
+	if sid == "" {
+		s, err := srv.openSession(r.URL.Query().Get("username"))
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, errServerBusy)
+			return
+		}
+		srv.mu.Lock()
+		welcome := encodeWelcome(s.sid, s.name, false)
+		srv.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(welcome)
+		return
+	}
+
+	s := srv.findSession(sid)
+	if s == nil {
+		writeError(w, http.StatusNotFound, errUnknownSession)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPollBody))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		writeError(w, http.StatusRequestEntityTooLarge, &chatError{"too_large", "a request body is at most 64 KiB"})
+		return
+	} else if err != nil {
+		writeError(w, http.StatusBadRequest, badRequest("the body could not be read"))
+		return
+	}
+	list, err := splitEnvelopes(body)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.(*chatError)) // nothing applied
+		return
+	}
+	for _, raw := range list {
+		srv.handle(s, raw)
+	}
+	srv.keepAlive(s)
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// servePollReceive is GET /poll?sid=S&after=N: it answers every event after
+// N, waiting up to cfg.PollTimeout for the first one.
+func (srv *server) servePollReceive(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	after, err := parseSeq(q.Get("after"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, badRequest("after must be a seq number"))
+		return
+	}
+	s := srv.findSession(q.Get("sid"))
+	if s == nil {
+		writeError(w, http.StatusNotFound, errUnknownSession)
+		return
+	}
+	if !srv.track() {
+		writeJSON(w, http.StatusOK, []struct{}{}) // shutting down
+		return
+	}
+	defer srv.conns.Done()
+
+	p := &pollWait{pending: make(chan struct{}, 1), done: make(chan struct{})}
+	srv.mu.Lock()
+	ok := srv.attach(s, p, after) // also: the client has everything up to after
+	if !ok {
+		srv.endSession(s, "cannot resume") // the events after `after` are gone
+	}
+	srv.mu.Unlock()
+	if !ok {
+		writeError(w, http.StatusNotFound, errUnknownSession)
+		return
+	}
+	defer srv.detach(s, p) // the grace period starts when the answer goes
+
+	timeout := time.NewTimer(srv.cfg.PollTimeout)
+	defer timeout.Stop()
+	select {
+	case <-p.pending: // events are waiting: answer now
+	case <-p.done: // replaced, ended or shutting down
+	case <-timeout.C:
+	case <-srv.ctx.Done():
+	case <-r.Context().Done(): // the client went away
+		return
+	}
+
+	msg := []byte("[]")
+	if !p.replaced.Load() {
+		msg, _ = s.appendEvents(make([]byte, 0, 512), after, true)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(msg)
+}
+
+var errUnknownSession = &chatError{"unknown_session", "no such session: it expired or never was; open a new one"}
+
+// findSession returns the live session sid, or nil.
+func (srv *server) findSession(sid string) *session {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	return srv.sessions[sid]
+}
+
+// keepAlive restarts the grace period of a session with no transport: a
+// POST is a request in progress too.
+func (srv *server) keepAlive(s *session) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	s.mu.Lock()
+	detached := s.transport == nil
+	s.mu.Unlock()
+	if detached && !s.ended {
+		srv.startGrace(s)
+	}
+}

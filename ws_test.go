@@ -1,0 +1,881 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+func TestWelcomeThenGeneral(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	c := dial(t, ts, "  alice ")
+
+	var w struct {
+		SID      string
+		Username string
+		Resumed  bool
+	}
+	c.welcome.decode(t, &w)
+	if !regexp.MustCompile(`^[A-Za-z0-9_-]{22}$`).MatchString(w.SID) {
+		t.Errorf("sid: got %q, want 128 bits URL-safe encoded", w.SID)
+	}
+	if w.Username != "alice" || w.Resumed {
+		t.Errorf("welcome: got %s, want username alice (trimmed), resumed false", c.welcome.Data)
+	}
+	if c.welcome.Seq != 0 || bytes.Contains(c.welcome.Data, []byte("seq")) {
+		t.Errorf("welcome has a seq: %s", c.welcome)
+	}
+
+	e := c.expect("room_joined")
+	if e.Seq != 1 {
+		t.Errorf("first seq: got %d, want 1", e.Seq)
+	}
+	if got, want := string(e.Data), `{"room":"general","users":["alice"],"count":1,"history":[]}`; got != want {
+		t.Errorf("room_joined: got %s, want %s", got, want)
+	}
+}
+
+func TestGuestNames(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "Alice")
+	for _, wanted := range []string{"", "ALICE", "bad/name", strings.Repeat("x", 25)} {
+		c := dial(t, ts, wanted)
+		if !regexp.MustCompile(`^guest-\d{4}$`).MatchString(c.username) {
+			t.Errorf("username %q: got %q, want guest-NNNN", wanted, c.username)
+		}
+	}
+	_ = alice
+}
+
+func TestEcho(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	bob := joined(t, ts, "bob")
+	alice.expect("user_joined")
+
+	for _, v := range []string{`"hi"`, `42`, `{"a":[1,2]}`, `null`, `[true,false]`} {
+		alice.sendRaw(`{"event":"echo_message","data":` + v + `}`)
+		if got := alice.expect("echo_response"); string(got.Data) != v {
+			t.Errorf("echo_response: got %s, want %s", got.Data, v)
+		}
+	}
+	alice.sendRaw(`{"event":"echo_message","data":{"x":1},"ack":9}`)
+	alice.expect("echo_response")
+	if got, want := string(alice.expect("ack").Data), `{"ok":true,"data":{"x":1}}`; got != want {
+		t.Errorf("ack: got %s, want %s", got, want)
+	}
+	bob.quiet(50 * time.Millisecond) // an echo goes to the sender only
+}
+
+var timestampRE = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$`)
+
+func TestSendMessage(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	bob := joined(t, ts, "bob")
+	alice.expect("user_joined")
+
+	alice.emit("send_message", map[string]any{"text": "  hi <b>bob</b>  "}, 3)
+	for _, c := range []*client{alice, bob} {
+		var m message
+		c.expect("new_message").decode(t, &m)
+		if m.ID < 1 || m.Room != "general" || m.Username != "alice" || m.Text != "  hi <b>bob</b>  " {
+			t.Errorf("%s got new_message %+v", c.username, m)
+		}
+		if !timestampRE.MatchString(m.Timestamp) {
+			t.Errorf("timestamp: got %q, want RFC 3339 UTC with milliseconds", m.Timestamp)
+		}
+	}
+	ack := alice.expect("ack") // after the event it caused
+	var a struct {
+		OK      bool
+		Message message
+	}
+	ack.decode(t, &a)
+	if ack.Ack != 3 || !a.OK || a.Message.Text != "  hi <b>bob</b>  " {
+		t.Errorf("ack: got %s", ack)
+	}
+
+	bob.emit("send_message", map[string]any{"room": "general", "text": "yo"}, 0)
+	var m2 message
+	alice.expect("new_message").decode(t, &m2)
+	if m2.ID <= a.Message.ID {
+		t.Errorf("ids: got %d after %d, want larger", m2.ID, a.Message.ID)
+	}
+	bob.expect("new_message")
+	bob.quiet(50 * time.Millisecond) // no ack without an ack number
+
+	_, body := httpGet(t, ts.URL+"/messages?room=general")
+	var stored []message
+	json.Unmarshal([]byte(body), &stored)
+	if len(stored) != 2 || stored[1].Text != "yo" {
+		t.Errorf("/messages: got %s", body)
+	}
+}
+
+func TestJoinAndLeave(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	bob := joined(t, ts, "Bob")
+	alice.expect("user_joined")
+
+	r := alice.call("join_room", map[string]any{"room": "dev"})
+	if string(r.raw) != `{"ok":true,"room":"dev","users":["alice"],"count":1,"history":[]}` {
+		t.Errorf("join ack: got %s", r.raw)
+	}
+	var first message
+	m := alice.call("send_message", map[string]any{"room": "dev", "text": "one"})
+	json.Unmarshal(m.raw, &struct{ Message *message }{&first})
+	alice.call("send_message", map[string]any{"room": "dev", "text": "two"})
+
+	bob.emit("join_room", map[string]any{"room": "dev", "since": first.ID}, 0)
+	var rj roomJoined
+	bob.expect("room_joined").decode(t, &rj)
+	if rj.Room != "dev" || !slices.Equal(rj.Users, []string{"alice", "Bob"}) || rj.Count != 2 ||
+		len(rj.History) != 1 || rj.History[0].Text != "two" {
+		t.Errorf("room_joined: got %+v, want alice and Bob, and only the message after since", rj)
+	}
+	if got := alice.expect("user_joined"); string(got.Data) != `{"room":"dev","username":"Bob"}` {
+		t.Errorf("user_joined: got %s", got.Data)
+	}
+
+	// Joining again: room_joined again, nothing to others.
+	bob.emit("join_room", map[string]any{"room": "dev"}, 0)
+	bob.expect("room_joined")
+	alice.quiet(50 * time.Millisecond)
+
+	if r := bob.call("leave_room", map[string]any{"room": "dev"}); string(r.raw) != `{"ok":true}` {
+		t.Errorf("leave ack: got %s", r.raw)
+	}
+	if got := alice.expect("user_left"); string(got.Data) != `{"room":"dev","username":"Bob"}` {
+		t.Errorf("user_left: got %s", got.Data)
+	}
+	if r := bob.call("send_message", map[string]any{"room": "dev", "text": "x"}); r.Error.Code != "not_in_room" {
+		t.Errorf("send after leaving: got %s, want not_in_room", r.raw)
+	}
+}
+
+func TestSetUsername(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	bob := joined(t, ts, "bob")
+	alice.expect("user_joined")
+	alice.call("join_room", map[string]any{"room": "dev"})
+	bob.call("join_room", map[string]any{"room": "dev"})
+	alice.expect("user_joined")
+
+	r := bob.call("set_username", map[string]any{"username": " Robert "})
+	if string(r.raw) != `{"ok":true,"username":"Robert"}` {
+		t.Errorf("ack: got %s", r.raw)
+	}
+	for _, c := range []*client{alice} {
+		for _, room := range []string{"dev", "general"} {
+			if got, want := string(c.expect("user_renamed").Data), `{"room":"`+room+`","old":"bob","new":"Robert"}`; got != want {
+				t.Errorf("%s: got %s, want %s", c.username, got, want)
+			}
+		}
+	}
+	if r := alice.call("set_username", map[string]any{"username": "ROBERT"}); r.Error.Code != "username_taken" {
+		t.Errorf("taken name: got %s", r.raw)
+	}
+	if r := alice.call("set_username", map[string]any{"username": "a/b"}); r.Error.Code != "invalid_username" {
+		t.Errorf("invalid name: got %s", r.raw)
+	}
+	if r := alice.call("set_username", map[string]any{"username": "ALICE"}); !r.OK {
+		t.Errorf("own name in other case: got %s", r.raw)
+	}
+}
+
+func TestTyping(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) { c.TypingTimeout = 200 * time.Millisecond })
+	alice := joined(t, ts, "alice")
+	bob := joined(t, ts, "bob")
+	alice.expect("user_joined")
+	typing := func(c *client, want bool) {
+		t.Helper()
+		if got, w := string(c.expect("user_typing").Data), fmt.Sprintf(`{"room":"general","username":"alice","typing":%v}`, want); got != w {
+			t.Errorf("got %s, want %s", got, w)
+		}
+	}
+
+	// Start shows to the others only, then turns itself off.
+	alice.emit("typing_start", nil, 0)
+	typing(bob, true)
+	typing(bob, false)
+	alice.quiet(50 * time.Millisecond)
+
+	// A sent message turns it off, before the message.
+	alice.emit("typing_start", map[string]any{"room": "general"}, 0)
+	typing(bob, true)
+	alice.emit("send_message", map[string]any{"text": "done"}, 0)
+	typing(bob, false)
+	bob.expect("new_message")
+	alice.expect("new_message")
+
+	// typing_stop when not typing sends nothing.
+	alice.call("typing_stop", nil)
+	bob.quiet(50 * time.Millisecond)
+
+	// Leaving the room turns it off.
+	alice.emit("typing_start", nil, 0)
+	typing(bob, true)
+	alice.emit("leave_room", map[string]any{"room": "general"}, 0)
+	typing(bob, false)
+	bob.expect("user_left")
+}
+
+func TestTypingEndsWithSession(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) { c.Grace = 50 * time.Millisecond; c.TypingTimeout = time.Minute })
+	alice := joined(t, ts, "alice")
+	bob := joined(t, ts, "bob")
+	alice.expect("user_joined")
+	alice.emit("typing_start", nil, 0)
+	bob.expect("user_typing")
+	alice.drop()
+	if got := bob.expect("user_typing"); !strings.Contains(string(got.Data), `"typing":false`) {
+		t.Errorf("got %s, want typing false", got)
+	}
+	bob.expect("user_left")
+}
+
+func TestPrivateMessage(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	bob := joined(t, ts, "Bob")
+	carol := joined(t, ts, "carol")
+	alice.expect("user_joined")
+	alice.expect("user_joined")
+	bob.expect("user_joined")
+
+	r := alice.call("private_message", map[string]any{"to": "BOB", "text": "psst"})
+	var a struct{ Message privateMessage }
+	json.Unmarshal(r.raw, &a)
+	if !r.OK || a.Message.From != "alice" || a.Message.To != "Bob" || a.Message.ID < 1 || !timestampRE.MatchString(a.Message.Timestamp) {
+		t.Errorf("ack: got %s", r.raw)
+	}
+	var got privateMessage
+	bob.expect("private_message").decode(t, &got)
+	if got != a.Message {
+		t.Errorf("bob got %+v, want %+v", got, a.Message)
+	}
+	carol.quiet(50 * time.Millisecond)
+
+	// To oneself: once.
+	alice.emit("private_message", map[string]any{"to": "alice", "text": "note"}, 0)
+	alice.expect("private_message")
+	alice.quiet(50 * time.Millisecond)
+
+	if r := alice.call("private_message", map[string]any{"to": "nobody", "text": "x"}); r.Error.Code != "user_not_found" {
+		t.Errorf("unknown user: got %s", r.raw)
+	}
+}
+
+func TestListRooms(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	bob := joined(t, ts, "bob")
+	alice.expect("user_joined")
+	bob.call("join_room", map[string]any{"room": "zeta"})
+	bob.call("join_room", map[string]any{"room": "alpha"})
+	bob.call("leave_room", map[string]any{"room": "zeta"})
+
+	alice.emit("list_rooms", nil, 0)
+	want := `{"rooms":[{"name":"alpha","users":1},{"name":"general","users":2}]}`
+	if got := alice.expect("rooms"); string(got.Data) != want {
+		t.Errorf("rooms: got %s, want %s", got.Data, want)
+	}
+	if r := alice.call("list_rooms", map[string]any{}); string(r.raw) != `{"ok":true,"rooms":[{"name":"alpha","users":1},{"name":"general","users":2}]}` {
+		t.Errorf("ack: got %s", r.raw)
+	}
+}
+
+// TestErrorCodes sends each failing event twice, with and without an ack
+// number: with one the failure is a failed ack and no error event; without,
+// an error event naming the event.
+func TestErrorCodes(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	joined(t, ts, "bob")
+	alice.expect("user_joined")
+
+	cases := []struct {
+		event string
+		data  string
+		code  string
+	}{
+		{"send_message", `{"text":""}`, "invalid_message"},
+		{"send_message", `{"text":"   "}`, "invalid_message"},
+		{"send_message", `{"text":"x","room":"no such"}`, "invalid_room"},
+		{"send_message", `{"text":"x","room":"elsewhere"}`, "not_in_room"},
+		{"send_message", `{"text":5}`, "bad_request"},
+		{"send_message", `"text"`, "bad_request"},
+		{"join_room", `{"room":""}`, "invalid_room"},
+		{"join_room", `{}`, "invalid_room"},
+		{"leave_room", `{"room":"elsewhere"}`, "not_in_room"},
+		{"leave_room", `{"room":"a b"}`, "invalid_room"},
+		{"set_username", `{"username":"bob"}`, "username_taken"},
+		{"set_username", `{"username":""}`, "invalid_username"},
+		{"typing_start", `{"room":"elsewhere"}`, "not_in_room"},
+		{"typing_stop", `{"room":"!"}`, "invalid_room"},
+		{"private_message", `{"to":"zed","text":"x"}`, "user_not_found"},
+		{"private_message", `{"to":"bob","text":""}`, "invalid_message"},
+		{"list_rooms", `[]`, "bad_request"},
+		{"no_such_event", `{}`, "unknown_event"},
+	}
+	for i, tc := range cases {
+		alice.sendRaw(fmt.Sprintf(`{"event":%q,"data":%s,"ack":%d}`, tc.event, tc.data, i+1))
+		var a ackReply
+		e := alice.expect("ack")
+		e.decode(t, &a)
+		if e.Ack != int64(i+1) || a.OK || a.Error.Code != tc.code || a.Error.Message == "" {
+			t.Errorf("%s %s with ack: got %s, want failed ack %s", tc.event, tc.data, e, tc.code)
+		}
+
+		alice.sendRaw(fmt.Sprintf(`{"event":%q,"data":%s}`, tc.event, tc.data))
+		var got struct{ Code, Message, Event string }
+		alice.expect("error").decode(t, &got)
+		if got.Code != tc.code || got.Event != tc.event || got.Message == "" {
+			t.Errorf("%s %s: got error %+v, want %s", tc.event, tc.data, got, tc.code)
+		}
+	}
+}
+
+// TestMalformedInput: bad input gets the documented error, and the
+// connection stays open and usable.
+func TestMalformedInput(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+
+	cases := []struct{ msg, code, event string }{
+		{`not json`, "bad_request", ""},
+		{`{"event":`, "bad_request", ""},
+		{`"a string"`, "bad_request", ""},
+		{`{}`, "bad_request", ""},
+		{`{"data":{}}`, "bad_request", ""},
+		{`{"event":""}`, "bad_request", ""},
+		{`{"event":"Send_Message"}`, "bad_request", "Send_Message"},
+		{`{"event":5}`, "bad_request", ""},
+		{`{"event":"` + strings.Repeat("a", 33) + `"}`, "bad_request", strings.Repeat("a", 33)},
+		{`{"event":"teleport"}`, "unknown_event", "teleport"},
+		{`{"event":"echo_message","ack":0}`, "bad_request", "echo_message"},
+		{`{"event":"echo_message","ack":-1}`, "bad_request", "echo_message"},
+		{`{"event":"echo_message","ack":1.5}`, "bad_request", "echo_message"},
+		{`{"event":"echo_message","ack":"1"}`, "bad_request", "echo_message"},
+		{`{"event":"send_message","data":[1]}`, "bad_request", "send_message"},
+	}
+	for _, tc := range cases {
+		alice.sendRaw(tc.msg)
+		var got struct{ Code, Message, Event string }
+		alice.expect("error").decode(t, &got)
+		if got.Code != tc.code || got.Event != tc.event {
+			t.Errorf("%s: got %+v, want code %s event %q", tc.msg, got, tc.code, tc.event)
+		}
+	}
+
+	// An array: each element on its own, in order; an empty one does nothing.
+	alice.sendRaw(`[]`)
+	alice.sendRaw(`[1, {"event":"echo_message","data":"a"}, {"nope":true}, {"event":"echo_message","data":"b","ack":4}]`)
+	alice.expect("error")
+	if got := alice.expect("echo_response"); string(got.Data) != `"a"` {
+		t.Errorf("got %s", got)
+	}
+	alice.expect("error")
+	alice.expect("echo_response")
+	if got := alice.expect("ack"); got.Ack != 4 {
+		t.Errorf("got %s", got)
+	}
+	// Unknown fields are ignored; the connection is still fine.
+	alice.sendRaw(`{"event":"echo_message","data":"still here","extra":1}`)
+	if got := alice.expect("echo_response"); string(got.Data) != `"still here"` {
+		t.Errorf("got %s", got)
+	}
+}
+
+// TestResentAck: an event resent with an ack number already used gets the
+// same answer and is not applied again.
+func TestResentAck(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+
+	send := `{"event":"send_message","data":{"text":"once"},"ack":7}`
+	alice.sendRaw(send)
+	alice.expect("new_message")
+	first := alice.expect("ack")
+	alice.sendRaw(send)
+	again := alice.expect("ack")
+	if string(again.Data) != string(first.Data) || again.Ack != 7 {
+		t.Errorf("answer to the resent event: got %s, want %s", again, first)
+	}
+	// Also across a reconnect, which is when clients resend.
+	alice.close()
+	q := url.Values{"sid": {alice.sid}, "after": {fmt.Sprint(alice.seq())}}
+	back := dialQuery(t, ts, q, alice.seq())
+	back.sendRaw(send)
+	if got := back.expect("ack"); string(got.Data) != string(first.Data) {
+		t.Errorf("after resume: got %s, want %s", got, first)
+	}
+	_, body := httpGet(t, ts.URL+"/messages?room=general")
+	if n := strings.Count(body, `"once"`); n != 1 {
+		t.Errorf("stored %d times, want once: %s", n, body)
+	}
+}
+
+func TestResume(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	bob := joined(t, ts, "bob")
+	alice.expect("user_joined")
+	alice.call("send_message", map[string]any{"text": "before"})
+	bob.expect("new_message")
+
+	alice.drop()
+	after := alice.seq()
+	for i := range 5 {
+		bob.call("send_message", map[string]any{"text": fmt.Sprint("missed ", i)})
+	}
+	carol := joined(t, ts, "carol")
+	// During the grace period alice is still listed.
+	var rj roomJoined
+	json.Unmarshal(carol.call("join_room", map[string]any{"room": "general"}).raw, &rj)
+	if !slices.Contains(rj.Users, "alice") {
+		t.Errorf("users during grace: got %v, want alice listed", rj.Users)
+	}
+
+	back := dialQuery(t, ts, url.Values{"sid": {alice.sid}, "after": {fmt.Sprint(after)}}, after)
+	if !strings.Contains(string(back.welcome.Data), `"resumed":true`) || back.sid != alice.sid {
+		t.Fatalf("welcome: got %s, want resumed with the same sid", back.welcome)
+	}
+	for i := range 5 {
+		var m message
+		back.expect("new_message").decode(t, &m)
+		if m.Text != fmt.Sprint("missed ", i) {
+			t.Errorf("missed message %d: got %q", i, m.Text)
+		}
+	}
+	back.expect("user_joined") // carol
+	back.quiet(50 * time.Millisecond)
+	if e := bob.expect("user_joined"); !strings.Contains(string(e.Data), "carol") {
+		t.Errorf("bob: got %s, want carol joining", e)
+	}
+	bob.quiet(50 * time.Millisecond) // and no leave or join of alice
+}
+
+func TestResumeRefused(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) { c.Outbox = 4; c.Grace = time.Minute })
+	c := dialQuery(t, ts, url.Values{"sid": {"no-such-session"}, "username": {"zed"}}, 0)
+	if !strings.Contains(string(c.welcome.Data), `"resumed":false`) || c.username != "zed" || c.sid == "no-such-session" {
+		t.Errorf("unknown sid: got %s, want a new session", c.welcome)
+	}
+
+	// The events after `after` are no longer kept (outbox 4): a new session,
+	// and the old one has ended, so its name is free.
+	alice := joined(t, ts, "alice")
+	alice.drop()
+	bob := joined(t, ts, "bob")
+	for i := range 3 {
+		bob.call("send_message", map[string]any{"text": fmt.Sprint(i)})
+	}
+	// alice's outbox now has 1 room_joined + 4 more events; after=0 is gone.
+	back := dialQuery(t, ts, url.Values{"sid": {alice.sid}, "after": {"0"}, "username": {"alice"}}, 0)
+	if !strings.Contains(string(back.welcome.Data), `"resumed":false`) || back.username != "alice" {
+		t.Errorf("welcome: got %s, want resumed false and the name alice free again", back.welcome)
+	}
+}
+
+func TestReplaced(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	first := joined(t, ts, "alice")
+	second := dialQuery(t, ts, url.Values{"sid": {first.sid}, "after": {"1"}}, 1)
+	if code, reason := first.closeStatus(); code != 4000 || reason != "replaced" {
+		t.Errorf("first connection: got close %d %q, want 4000 replaced", code, reason)
+	}
+	if second.sid != first.sid {
+		t.Errorf("sid changed")
+	}
+	second.call("echo_message", "still works")
+}
+
+func TestGraceEnds(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) { c.Grace = 100 * time.Millisecond })
+	alice := joined(t, ts, "alice")
+	bob := joined(t, ts, "bob")
+	alice.expect("user_joined")
+	bob.call("join_room", map[string]any{"room": "dev"})
+	alice.call("join_room", map[string]any{"room": "dev"})
+	bob.expect("user_joined")
+	alice.close()
+
+	left := []string{string(bob.expect("user_left").Data), string(bob.expect("user_left").Data)}
+	slices.Sort(left)
+	if want := []string{`{"room":"dev","username":"alice"}`, `{"room":"general","username":"alice"}`}; !slices.Equal(left, want) {
+		t.Errorf("got %v, want %v", left, want)
+	}
+	again := dial(t, ts, "ALICE")
+	if again.username != "ALICE" {
+		t.Errorf("name not free after the grace period: got %q", again.username)
+	}
+	back := dialQuery(t, ts, url.Values{"sid": {alice.sid}, "after": {"0"}}, 0)
+	if !strings.Contains(string(back.welcome.Data), `"resumed":false`) {
+		t.Errorf("expired sid: got %s, want resumed false", back.welcome)
+	}
+}
+
+func TestNameLimits(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	cases := []struct {
+		name string
+		ok   bool
+	}{
+		{strings.Repeat("é", 24), true},
+		{strings.Repeat("é", 25), false},
+		{"  " + strings.Repeat("b", 24) + "  ", true},
+		{"x", true},
+		{"Ann-Marie_O.Neil 2", true},
+		{"   ", false},
+		{"a@b", false},
+		{"tab\tname", false},
+		{"日本語", true},
+	}
+	for _, tc := range cases {
+		r := alice.call("set_username", map[string]any{"username": tc.name})
+		if r.OK != tc.ok || !tc.ok && r.Error.Code != "invalid_username" {
+			t.Errorf("username %q: got %s, want ok=%v", tc.name, r.raw, tc.ok)
+		}
+	}
+	rooms := []struct {
+		name string
+		ok   bool
+	}{
+		{strings.Repeat("r", 32), true},
+		{strings.Repeat("r", 33), false},
+		{"a.b-c_d", true},
+		{"a b", false},
+		{"Ünïcödé", true},
+		{"", false},
+	}
+	for _, tc := range rooms {
+		r := alice.call("join_room", map[string]any{"room": tc.name})
+		if r.OK != tc.ok || !tc.ok && r.Error.Code != "invalid_room" {
+			t.Errorf("room %q: got %s, want ok=%v", tc.name, r.raw, tc.ok)
+		}
+	}
+	for _, tc := range []struct {
+		text string
+		ok   bool
+	}{
+		{strings.Repeat("ß", 2000), true},
+		{strings.Repeat("ß", 2001), false},
+		{" " + strings.Repeat("a", 2000) + " ", true},
+	} {
+		r := alice.call("send_message", map[string]any{"text": tc.text})
+		if r.OK != tc.ok || !tc.ok && r.Error.Code != "invalid_message" {
+			t.Errorf("text of %d characters: got ok=%v %s", len([]rune(tc.text)), r.OK, r.Error.Code)
+		}
+	}
+}
+
+func TestRoomLimit(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	for i := 2; i <= 20; i++ { // general is the first
+		if r := alice.call("join_room", map[string]any{"room": fmt.Sprint("r", i)}); !r.OK {
+			t.Fatalf("room %d: %s", i, r.raw)
+		}
+	}
+	if r := alice.call("join_room", map[string]any{"room": "r21"}); r.Error.Code != "too_many_rooms" {
+		t.Errorf("21st room: got %s, want too_many_rooms", r.raw)
+	}
+	if r := alice.call("join_room", map[string]any{"room": "r20"}); !r.OK {
+		t.Errorf("a room one is already in: got %s", r.raw)
+	}
+	alice.call("leave_room", map[string]any{"room": "r20"})
+	if r := alice.call("join_room", map[string]any{"room": "r21"}); !r.OK {
+		t.Errorf("after leaving one: got %s", r.raw)
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	t.Parallel()
+	// A rate so slow that no token comes back during the test.
+	_, ts := startServer(t, func(c *config) { c.Rate = 0.001; c.Burst = 40 })
+	alice := joined(t, ts, "alice")
+	var batch []string
+	for i := 1; i <= 41; i++ {
+		batch = append(batch, fmt.Sprintf(`{"event":"echo_message","data":%d,"ack":%d}`, i, i))
+	}
+	alice.sendRaw("[" + strings.Join(batch, ",") + "]")
+	for i := 1; i <= 40; i++ {
+		alice.expect("echo_response")
+		if e := alice.expect("ack"); !strings.Contains(string(e.Data), `"ok":true`) {
+			t.Fatalf("event %d of the burst: got %s", i, e)
+		}
+	}
+	var a ackReply
+	e := alice.expect("ack")
+	e.decode(t, &a)
+	if e.Ack != 41 || a.Error.Code != "rate_limited" {
+		t.Errorf("41st event: got %s, want rate_limited", e)
+	}
+	alice.sendRaw(`{"event":"echo_message"}`)
+	var got struct{ Code string }
+	alice.expect("error").decode(t, &got)
+	if got.Code != "rate_limited" {
+		t.Errorf("without ack: got %s, want rate_limited", got.Code)
+	}
+}
+
+func TestRateRefills(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) { c.Rate = 50; c.Burst = 1 })
+	alice := joined(t, ts, "alice")
+	alice.sendRaw(`[{"event":"echo_message","ack":1},{"event":"echo_message","ack":2}]`)
+	alice.expect("echo_response")
+	alice.expect("ack")
+	if e := alice.expect("ack"); !strings.Contains(string(e.Data), "rate_limited") {
+		t.Errorf("second: got %s", e)
+	}
+	// A refused event is not remembered: the same ack number later passes.
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		alice.sendRaw(`{"event":"echo_message","ack":2}`)
+		e := alice.waitFor("ack")
+		if strings.Contains(string(e.Data), `"ok":true`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the bucket never refilled")
+		}
+		time.Sleep(10 * time.Millisecond) // the bucket refills with time itself
+	}
+}
+
+func TestFrameLimit(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+
+	// Exactly 16 KiB passes.
+	prefix, suffix := `{"event":"echo_message","data":"`, `"}`
+	exact := prefix + strings.Repeat("x", maxFrame-len(prefix)-len(suffix)) + suffix
+	alice.sendRaw(exact)
+	alice.expect("echo_response")
+
+	// One byte more closes the connection with 1009.
+	alice.sendRaw(prefix + strings.Repeat("x", maxFrame-len(prefix)-len(suffix)+1) + suffix)
+	if code, _ := alice.closeStatus(); code != websocket.StatusMessageTooBig {
+		t.Errorf("close: got %d, want 1009", code)
+	}
+	// The session is still resumable.
+	back := dialQuery(t, ts, url.Values{"sid": {alice.sid}, "after": {fmt.Sprint(alice.seq())}}, alice.seq())
+	if !strings.Contains(string(back.welcome.Data), `"resumed":true`) {
+		t.Errorf("after 1009: got %s, want resumed", back.welcome)
+	}
+	back.call("echo_message", 1)
+}
+
+func TestSessionLimit(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) { c.MaxSessions = 2 })
+	joined(t, ts, "a")
+	b := joined(t, ts, "b")
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, wsURL(ts, nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = conn.Read(ctx)
+	if code := websocket.CloseStatus(err); code != websocket.StatusTryAgainLater {
+		t.Errorf("third session: got %v, want close 1013", err)
+	}
+	conn.CloseNow()
+	// A resume is not a new session: it still works at the cap.
+	b.close()
+	dialQuery(t, ts, url.Values{"sid": {b.sid}, "after": {fmt.Sprint(b.seq())}}, b.seq())
+}
+
+// TestSlowReader: a client that stops reading is closed with 1008 "too
+// slow" once it is more than cfg.Outbox events behind, and nobody else
+// waits for it.
+func TestSlowReader(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) { c.Outbox = 32; c.Rate = 1e6; c.Burst = 1e6 })
+	alice := joined(t, ts, "alice")
+	bob := joined(t, ts, "bob")
+	alice.expect("user_joined")
+
+	// The slow client: connected, never reading.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	slow, _, err := websocket.Dial(ctx, wsURL(ts, url.Values{"username": {"slow"}}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.CloseNow()
+	slow.SetReadLimit(-1)
+	alice.expect("user_joined")
+	bob.expect("user_joined")
+
+	// Big messages fill the kernel's socket buffers fast; then the writer
+	// blocks, the outbox grows, and the server drops the slow client.
+	text := strings.Repeat("m", maxText)
+	sent := 0
+	for left := false; !left; {
+		alice.emit("send_message", map[string]any{"text": text}, 0)
+		sent++
+		alice.waitFor("new_message")
+		for e := bob.next(); e.Event != "new_message"; e = bob.next() {
+			if e.Event == "user_left" {
+				left = true
+			}
+		}
+		if sent > 20000 {
+			t.Fatal("the slow reader was never dropped")
+		}
+	}
+	// Everyone else got everything promptly (the loop above waited for
+	// each message); the slow one reads what was sent, then the close.
+	for {
+		_, _, err := slow.Read(ctx)
+		if err != nil {
+			if code := websocket.CloseStatus(err); code != websocket.StatusPolicyViolation {
+				t.Errorf("slow reader: got %v, want close 1008", err)
+			}
+			var ce websocket.CloseError
+			if errors.As(err, &ce) && ce.Reason != "too slow" {
+				t.Errorf("reason: got %q, want too slow", ce.Reason)
+			}
+			break
+		}
+	}
+	alice.call("send_message", map[string]any{"text": "still fine"})
+}
+
+// TestConcurrentSenders: many senders at once; every client sees every
+// message, each room's messages in the same order everywhere.
+func TestConcurrentSenders(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	const n, each = 5, 20
+	clients := make([]*client, n)
+	for i := range clients {
+		clients[i] = dial(t, ts, fmt.Sprint("user", i))
+	}
+	for i, c := range clients { // drain the joins
+		for range n - i {
+			c.next()
+		}
+	}
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		wg.Go(func() {
+			for j := range each {
+				c.emit("send_message", map[string]any{"text": fmt.Sprintf("%d-%d", i, j)}, 0)
+			}
+		})
+	}
+	wg.Wait()
+	var orders [][]int64
+	for _, c := range clients {
+		var ids []int64
+		for len(ids) < n*each {
+			var m message
+			c.waitFor("new_message").decode(t, &m)
+			ids = append(ids, m.ID)
+		}
+		orders = append(orders, ids)
+	}
+	for i := range orders {
+		if !slices.IsSorted(orders[i]) || !slices.Equal(orders[i], orders[0]) {
+			t.Errorf("client %d saw ids in another order", i)
+		}
+	}
+}
+
+func TestCrossOriginHandshake(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) { c.Origins = []string{"*.example.org"} })
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	for origin, ok := range map[string]bool{
+		"http://evil.example.com": false,
+		"https://chat.example.org": true,
+		ts.URL: true,
+	} {
+		h := map[string][]string{"Origin": {origin}}
+		conn, resp, err := websocket.Dial(ctx, wsURL(ts, nil), &websocket.DialOptions{HTTPHeader: h})
+		if ok != (err == nil) {
+			t.Errorf("origin %s: got err %v, want ok=%v", origin, err, ok)
+		}
+		if !ok && resp != nil && resp.StatusCode != 403 {
+			t.Errorf("origin %s: got status %d, want 403", origin, resp.StatusCode)
+		}
+		if conn != nil {
+			conn.CloseNow()
+		}
+	}
+}
+
+func TestHealthz(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	if code, _ := httpGet(t, ts.URL+"/healthz"); code != 200 {
+		t.Errorf("got %d", code)
+	}
+}
+
+func TestMessagesEndpoint(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	var ids []int64
+	for i := range 3 {
+		var a struct{ Message message }
+		json.Unmarshal(alice.call("send_message", map[string]any{"text": fmt.Sprint(i)}).raw, &a)
+		ids = append(ids, a.Message.ID)
+	}
+	if _, body := httpGet(t, ts.URL+fmt.Sprintf("/messages?room=general&since=%d", ids[0])); strings.Count(body, `"id"`) != 2 {
+		t.Errorf("since: got %s", body)
+	}
+	if code, body := httpGet(t, ts.URL+"/messages?room=empty"); code != 200 || strings.TrimSpace(body) != "[]" {
+		t.Errorf("empty room: got %d %s", code, body)
+	}
+	if code, _ := httpGet(t, ts.URL+"/messages?room=a%20b"); code != 400 {
+		t.Errorf("invalid room: got %d", code)
+	}
+	if code, _ := httpGet(t, ts.URL+"/messages?since=x"); code != 400 {
+		t.Errorf("bad since: got %d", code)
+	}
+}
