@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// startRun runs the real program, run, with args and returns its base URL
+// and a channel that gets run's result.
+func startRun(t *testing.T, ctx context.Context, args ...string) (string, chan error) {
+	t.Helper()
+	out, w := io.Pipe()
+	result := make(chan error, 1)
+	go func() {
+		err := run(ctx, args, w)
+		w.Close()
+		result <- err
+	}()
+	addr := make(chan string, 1)
+	go func() {
+		re := regexp.MustCompile(`addr=(\S+)`)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if m := re.FindStringSubmatch(sc.Text()); m != nil && strings.Contains(sc.Text(), "listening") {
+				addr <- m[1]
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		return "http://" + a, result
+	case err := <-result:
+		t.Fatalf("run ended before listening: %v", err)
+	case <-time.After(waitTimeout):
+		t.Fatal("run did not start listening")
+	}
+	panic("unreachable")
+}
+
+// TestShutdown: a cancelled context closes every WebSocket with 1001,
+// answers a waiting long-poll at once, and run returns within 5 s.
+func TestShutdown(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	base, result := startRun(t, ctx, "-addr", "127.0.0.1:0", "-poll-timeout", "1m")
+
+	dialCtx, cancelDial := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancelDial()
+	conn, _, err := websocket.Dial(dialCtx, "ws"+strings.TrimPrefix(base, "http")+"/ws?username=alice", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	conn.Read(dialCtx) // welcome
+	conn.Read(dialCtx) // room_joined
+
+	// A long-poll that would otherwise wait a minute.
+	resp, err := http.Post(base+"/poll?username=bob", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var welcome struct{ Data struct{ SID string } }
+	json.NewDecoder(resp.Body).Decode(&welcome)
+	resp.Body.Close()
+	first, _ := http.Get(base + "/poll?after=0&sid=" + welcome.Data.SID) // room_joined, at once
+	first.Body.Close()
+	polled := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(base + "/poll?after=1&sid=" + welcome.Data.SID)
+		if err != nil {
+			polled <- 0
+			return
+		}
+		resp.Body.Close()
+		polled <- resp.StatusCode
+	}()
+	time.Sleep(50 * time.Millisecond) // let the GET reach the server and wait
+
+	start := time.Now()
+	cancel()
+	for err == nil { // bob's user_joined, then the close
+		_, _, err = conn.Read(dialCtx)
+	}
+	if code := websocket.CloseStatus(err); code != websocket.StatusGoingAway {
+		t.Errorf("WebSocket: got %v, want close 1001", err)
+	}
+	select {
+	case code := <-polled:
+		if code != http.StatusOK {
+			t.Errorf("waiting long-poll: got status %d, want 200", code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the waiting long-poll was not answered")
+	}
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Errorf("run: %v", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("shutdown took %v, want under 5 s", d)
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatal("run did not return within 5 s of the cancel")
+	}
+}
+
+func TestRunFlags(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"-nope"}, {"-outbox", "0"}, {"stray"}, {"-addr", "127.0.0.1:notaport"}} {
+		if err := run(context.Background(), args, io.Discard); err == nil {
+			t.Errorf("run %q: got no error", args)
+		}
+	}
+}
