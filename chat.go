@@ -37,6 +37,10 @@ import (
 	"github.com/coder/websocket"
 )
 
+// ---------------------------------------------------------------------------
+// 1. The server
+// ---------------------------------------------------------------------------
+
 // config holds every knob of the server. main fills it from flags
 // (PROTOCOL.md section 8); tests shrink the timeouts instead of sleeping
 // through them.
@@ -307,16 +311,9 @@ func (srv *server) usernames(r *room) []string {
 		names = append(names, m.name)
 	}
 	slices.SortFunc(names, func(a, b string) int {
-		return cmpOr(strings.Compare(strings.ToLower(a), strings.ToLower(b)), strings.Compare(a, b))
+		return cmp.Or(strings.Compare(strings.ToLower(a), strings.ToLower(b)), strings.Compare(a, b))
 	})
 	return names[:min(len(names), srv.cfg.PresenceLimit)]
-}
-
-func cmpOr(a, b int) int {
-	if a != 0 {
-		return a
-	}
-	return b
 }
 
 // historySince returns the room's messages with an id above since.
