@@ -56,6 +56,7 @@ type config struct {
 	Origins       []string      // extra origins allowed, as host patterns
 	TypingTimeout time.Duration // typing turns itself off after this (5 s)
 	PingEvery     time.Duration // how often the server pings a WebSocket (30 s)
+	MaxIdleRooms  int           // rooms kept with history but no members (1,000)
 	Logger        *slog.Logger
 }
 
@@ -72,6 +73,7 @@ func defaultConfig() config {
 		PresenceLimit: 200,
 		TypingTimeout: 5 * time.Second,
 		PingEvery:     30 * time.Second,
+		MaxIdleRooms:  1000,
 		Logger:        slog.Default(),
 	}
 }
@@ -115,6 +117,7 @@ type server struct {
 	sessions map[string]*session // by sid
 	names    map[string]*session // by lowercase username
 	rooms    map[string]*room    // by name; kept while they have history
+	idle     map[*room]struct{}  // rooms kept only for their history
 	nextID   int64               // the last message id given out
 	formRate map[string]*bucket  // POST /send_message rate, by client IP
 	closed   bool
@@ -133,6 +136,7 @@ func newServer(cfg config) *server {
 		sessions: make(map[string]*session),
 		names:    make(map[string]*session),
 		rooms:    make(map[string]*room),
+		idle:     make(map[*room]struct{}),
 		formRate: make(map[string]*bucket),
 	}
 	srv.ctx, srv.cancel = context.WithCancelCause(context.Background())
@@ -289,11 +293,8 @@ func (srv *server) join(s *session, name string, since int64) (*roomJoined, erro
 		if len(s.rooms) >= maxRooms {
 			return nil, &chatError{"too_many_rooms", fmt.Sprintf("a session may be in at most %d rooms", maxRooms)}
 		}
-		r = srv.rooms[name]
-		if r == nil {
-			r = &room{name: name, members: make(map[*session]struct{})}
-			srv.rooms[name] = r
-		}
+		r = srv.room(name)
+		delete(srv.idle, r)
 		r.members[s] = struct{}{}
 		s.rooms[name] = r
 		srv.announce(r, s, "user_joined", userEvent{r.name, s.name})
@@ -301,6 +302,16 @@ func (srv *server) join(s *session, name string, since int64) (*roomJoined, erro
 	joined := &roomJoined{Room: r.name, Users: srv.usernames(r), Count: len(r.members), History: historySince(r, since)}
 	s.push(encodeEvent("room_joined", joined))
 	return joined, nil
+}
+
+// room returns the room called name, creating it if needed. srv.mu is held.
+func (srv *server) room(name string) *room {
+	r := srv.rooms[name]
+	if r == nil {
+		r = &room{name: name, members: make(map[*session]struct{})}
+		srv.rooms[name] = r
+	}
+	return r
 }
 
 // usernames lists a room's members sorted by their lowercase form, at most
@@ -324,16 +335,41 @@ func historySince(r *room, since int64) []message {
 	return append([]message{}, r.history[i:]...)
 }
 
-// leave removes s from r: typing stops, the others get user_left. A room
-// without members and without history is forgotten. srv.mu is held.
+// leave removes s from r: typing stops, the others get user_left. srv.mu
+// is held.
 func (srv *server) leave(s *session, r *room) {
 	srv.stopTyping(s, r)
 	srv.announce(r, s, "user_left", userEvent{r.name, s.name})
 	delete(r.members, s)
 	delete(s.rooms, r.name)
-	if len(r.members) == 0 && len(r.history) == 0 {
-		delete(srv.rooms, r.name)
+	srv.forgetIdle(r)
+}
+
+// forgetIdle bounds the rooms nobody is in. One without history is
+// forgotten at once; one with history is kept for /messages and for the
+// next joiner, but only cfg.MaxIdleRooms of those: past that, the one whose
+// last message is oldest goes. Without this cap, a client joining and
+// leaving new names in a loop would grow the map for ever. srv.mu is held.
+func (srv *server) forgetIdle(r *room) {
+	if len(r.members) > 0 {
+		return
 	}
+	if len(r.history) == 0 {
+		delete(srv.rooms, r.name)
+		return
+	}
+	srv.idle[r] = struct{}{}
+	if len(srv.idle) <= srv.cfg.MaxIdleRooms {
+		return
+	}
+	var oldest *room
+	for o := range srv.idle {
+		if oldest == nil || o.history[len(o.history)-1].ID < oldest.history[len(oldest.history)-1].ID {
+			oldest = o
+		}
+	}
+	delete(srv.idle, oldest)
+	delete(srv.rooms, oldest.name)
 }
 
 // userEvent is the data of user_joined and user_left.

@@ -879,3 +879,35 @@ func TestMessagesEndpoint(t *testing.T) {
 		t.Errorf("bad since: got %d", code)
 	}
 }
+
+// TestIdleRoomsCapped: rooms nobody is in are kept for their history, but
+// only cfg.MaxIdleRooms of them; the one with the oldest message goes first.
+func TestIdleRoomsCapped(t *testing.T) {
+	t.Parallel()
+	srv, ts := startServer(t, func(c *config) { c.MaxIdleRooms = 2 })
+	alice := joined(t, ts, "alice")
+	for _, name := range []string{"a", "b", "c", "quiet"} {
+		alice.call("join_room", map[string]any{"room": name})
+		if name != "quiet" {
+			alice.call("send_message", map[string]any{"room": name, "text": "in " + name})
+		}
+		alice.call("leave_room", map[string]any{"room": name})
+	}
+	for room, want := range map[string]int{"a": 0, "b": 1, "c": 1, "quiet": 0} {
+		if _, body := httpGet(t, ts.URL+"/messages?room="+room); strings.Count(body, `"id"`) != want {
+			t.Errorf("room %s: got %s, want %d messages", room, body, want)
+		}
+	}
+	srv.mu.Lock()
+	n := len(srv.rooms)
+	srv.mu.Unlock()
+	if n != 3 { // general, b, c
+		t.Errorf("rooms kept: got %d, want 3", n)
+	}
+	// Joining an idle room brings it back into use, history and all.
+	var rj roomJoined
+	json.Unmarshal(alice.call("join_room", map[string]any{"room": "b"}).raw, &rj)
+	if len(rj.History) != 1 {
+		t.Errorf("history of b: got %v", rj.History)
+	}
+}
