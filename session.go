@@ -315,4 +315,3 @@ func (b *bucket) take(rate float64, burst int, now time.Time) bool {
 	b.tokens--
 	return true
 }
-

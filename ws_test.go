@@ -830,9 +830,9 @@ func TestCrossOriginHandshake(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	for origin, ok := range map[string]bool{
-		"http://evil.example.com": false,
+		"http://evil.example.com":  false,
 		"https://chat.example.org": true,
-		ts.URL: true,
+		ts.URL:                     true,
 	} {
 		h := map[string][]string{"Origin": {origin}}
 		conn, resp, err := websocket.Dial(ctx, wsURL(ts, nil), &websocket.DialOptions{HTTPHeader: h})
