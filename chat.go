@@ -139,6 +139,11 @@ func newServer(cfg config) *server {
 		idle:     make(map[*room]struct{}),
 		formRate: make(map[string]*bucket),
 	}
+	// Message ids start from the clock (microseconds, well within what a
+	// JavaScript number holds exactly), so that they keep growing across a
+	// restart: a client that rejoins with `since` from before it misses
+	// nothing.
+	srv.nextID = time.Now().UnixMicro()
 	srv.ctx, srv.cancel = context.WithCancelCause(context.Background())
 
 	srv.mux.HandleFunc("GET /ws", srv.serveWebSocket)

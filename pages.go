@@ -4,7 +4,11 @@
 package main
 
 import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
 	_ "embed"
+	"encoding/base64"
 	"encoding/json"
 	"html/template"
 	"net"
@@ -20,13 +24,35 @@ import (
 var indexHTML string
 
 // page is index.html, rendered with the latest messages of general so that
-// it reads with JavaScript turned off.
-var page = template.Must(template.New("index.html").Parse(indexHTML))
+// it reads with JavaScript turned off. clock writes a message's time for
+// that JavaScript-free reader; the script rewrites it in local time.
+// html/template leaves out the comments of index.html as it renders it:
+// they are for the reader of the source, not sent with every page.
+var page = template.Must(template.New("index.html").Funcs(template.FuncMap{
+	"clock": func(ts string) string {
+		t, err := time.Parse(time.RFC3339, ts)
+		if err != nil {
+			return ts
+		}
+		return t.Format("2 Jan 15:04 UTC")
+	},
+}).Parse(indexHTML))
 
 // pageMessages is how many messages of general the page shows.
 const pageMessages = 50
 
-// servePage renders the chat page.
+// pageCSP is the page's Content-Security-Policy: nothing from other origins,
+// no inline event handlers, and only the inline <script> and <style> that
+// carry this response's nonce. A message that smuggles in markup could not
+// run a script even if it were ever written into the page as HTML (it never
+// is: the template escapes it and the client uses textContent). 'self' in
+// connect-src covers ws: and wss: to this host.
+func pageCSP(nonce string) string {
+	return "default-src 'none'; script-src 'nonce-" + nonce + "'; style-src 'nonce-" + nonce + "'; " +
+		"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+}
+
+// servePage renders the chat page with a fresh nonce.
 func (srv *server) servePage(w http.ResponseWriter, r *http.Request) {
 	srv.mu.Lock()
 	var messages []message
@@ -36,34 +62,77 @@ func (srv *server) servePage(w http.ResponseWriter, r *http.Request) {
 	}
 	srv.mu.Unlock()
 
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	if err := page.Execute(w, struct{ Messages []message }{messages}); err != nil {
+	// A nonce (128 random bits) is new for every response, so a page
+	// cannot be cached.
+	nonce := rand.Text()
+	var buf bytes.Buffer
+	if err := page.Execute(&buf, struct {
+		Nonce    string
+		Messages []message
+	}{nonce, messages}); err != nil {
 		srv.log.Warn("page", "err", err)
+		http.Error(w, "the page could not be rendered", http.StatusInternalServerError)
+		return
 	}
+	htmlHeaders(w, pageCSP(nonce))
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(buf.Bytes())
 }
 
-var about = template.Must(template.New("about").Parse(`<!doctype html>
+// htmlHeaders sets the headers of every HTML answer. The referrer policy
+// is same-origin, not no-referrer: under no-referrer a browser sends
+// "Origin: null" with the page's own form post, which crossSite must refuse.
+func htmlHeaders(w http.ResponseWriter, csp string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Content-Security-Policy", csp)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "same-origin")
+}
+
+// plainStyle is the whole stylesheet of the small pages (about, form
+// errors). They never change, so their inline style is allowed by its hash
+// instead of a nonce, and they need no script at all.
+const plainStyle = `body { font: 1rem/1.5 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }`
+
+var plainCSP = func() string {
+	sum := sha256.Sum256([]byte(plainStyle))
+	return "default-src 'none'; style-src 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "'; " +
+		"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+}()
+
+// aboutPage says what the server is and where its protocol is written down.
+const aboutPage = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>About this chat</title></head>
+<meta name="color-scheme" content="light dark"><title>About this chat</title><style>` + plainStyle + `</style></head>
 <body><h1>About this chat</h1>
-<p>A small real-time chat server written in Go with one dependency,
-github.com/coder/websocket.</p>
-<p>It speaks WebSocket (<code>GET /ws</code>) and, where WebSockets are blocked,
-long-polling over plain HTTP (<code>/poll</code>). The wire protocol is
-documented in PROTOCOL.md, in the server's source repository.</p>
+<p>A small real-time chat server written in Go, with one dependency:
+github.com/coder/websocket. Everything is kept in memory.</p>
+<p>It speaks two transports, carrying the same events and the same sessions:</p>
+<ul>
+<li><strong>WebSocket</strong> at <code>GET /ws</code>, tried first;</li>
+<li><strong>long-polling</strong> at <code>/poll</code> over plain HTTP, for networks
+where WebSockets are blocked (the page falls back to it by itself; add
+<code>?transport=polling</code> to the page's address to force it).</li>
+</ul>
+<p>Without JavaScript, the page shows the latest messages and its form posts to
+<code>POST /send_message</code>; <code>GET /messages?room=general</code> gives a
+room's history as JSON.</p>
+<p>The wire protocol (events, acknowledgements, resuming a session, limits) is
+documented in <code>PROTOCOL.md</code>, in the server's source repository.</p>
 <p><a href="/">Back to the chat</a></p>
 </body></html>
-`))
+`
 
 // serveAbout serves a short page about the server.
 func (srv *server) serveAbout(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	about.Execute(w, nil)
+	htmlHeaders(w, plainCSP)
+	w.Write([]byte(aboutPage))
 }
 
 var formError = template.Must(template.New("formError").Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Message not sent</title></head>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark"><title>Message not sent</title><style>` + plainStyle + `</style></head>
 <body><h1>Message not sent</h1><p>{{.}}</p><p><a href="/">Back to the chat</a></p></body></html>
 `))
 
@@ -78,7 +147,7 @@ func (srv *server) serveSendForm(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxPollBody)
 	refuse := func(status int, why string) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		htmlHeaders(w, plainCSP)
 		w.WriteHeader(status)
 		formError.Execute(w, why)
 	}
@@ -109,12 +178,9 @@ func (srv *server) serveSendForm(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusTooManyRequests, "Too many messages: wait a moment and try again.")
 		return
 	}
-	g := srv.rooms[defaultRoomName]
-	if g == nil {
-		g = &room{name: defaultRoomName, members: make(map[*session]struct{})}
-		srv.rooms[defaultRoomName] = g
-	}
+	g := srv.room(defaultRoomName)
 	srv.store(g, name, text)
+	srv.forgetIdle(g) // general may have nobody in it: then it counts as idle
 	srv.mu.Unlock()
 
 	http.Redirect(w, r, "/", http.StatusSeeOther)
@@ -201,7 +267,7 @@ func (srv *server) crossSite(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		site := r.Header.Get("Sec-Fetch-Site")
-		return site == "cross-site" || site == "same-site"
+		return site == "cross-site"
 	}
 	u, err := url.Parse(origin)
 	if err != nil || u.Host == "" {
