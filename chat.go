@@ -518,22 +518,23 @@ func (srv *server) handleMessage(s *session, msg []byte) {
 }
 
 // handle applies one envelope and answers it: by ack when it has an ack
-// number, else by an error event if it failed.
-func (srv *server) handle(s *session, raw json.RawMessage) {
+// number, else by an error event if it failed. It reports false when the
+// session has ended, and nothing was done.
+func (srv *server) handle(s *session, raw json.RawMessage) bool {
 	env, ack, err := decodeEnvelope(raw)
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	if s.ended {
-		return
+		return false
 	}
 	if answer, ok := s.acks[ack]; ok {
 		s.push(answer) // a resent event: answered again, not applied again
-		return
+		return true
 	}
 	if !s.rate.take(srv.cfg.Rate, srv.cfg.Burst, time.Now()) {
 		// Not remembered: the client may send the same ack number again.
 		s.push(encodeAnswer(env.Event, ack, ackData{}, &chatError{"rate_limited", "too many events: slow down"}))
-		return
+		return true
 	}
 	var result ackData
 	if err == nil {
@@ -544,7 +545,7 @@ func (srv *server) handle(s *session, raw json.RawMessage) {
 		}
 	}
 	if ack == 0 && err == nil {
-		return // done, and nobody asked to hear so
+		return true // done, and nobody asked to hear so
 	}
 	answer := encodeAnswer(env.Event, ack, result, err)
 	if ack > 0 {
@@ -556,6 +557,7 @@ func (srv *server) handle(s *session, raw json.RawMessage) {
 		}
 	}
 	s.push(answer)
+	return true
 }
 
 // encodeAnswer encodes the answer to an event: an ack when the client gave

@@ -101,7 +101,10 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, raw := range list {
-		srv.handle(s, raw)
+		if !srv.handle(s, raw) {
+			writeError(w, http.StatusNotFound, errUnknownSession) // it ended meanwhile
+			return
+		}
 	}
 	srv.keepAlive(s)
 	w.Header().Set("Cache-Control", "no-store")
@@ -117,21 +120,19 @@ func (srv *server) servePollReceive(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, badRequest("after must be a seq number"))
 		return
 	}
-	s := srv.findSession(q.Get("sid"))
-	if s == nil {
-		writeError(w, http.StatusNotFound, errUnknownSession)
-		return
-	}
 	if !srv.track() {
 		writeJSON(w, http.StatusOK, []struct{}{}) // shutting down
 		return
 	}
 	defer srv.conns.Done()
 
+	// Find the session and attach in one critical section: in between, the
+	// grace timer could end it.
 	p := &pollWait{pending: make(chan struct{}, 1), done: make(chan struct{})}
 	srv.mu.Lock()
-	ok := srv.attach(s, p, after) // also: the client has everything up to after
-	if !ok {
+	s := srv.sessions[q.Get("sid")]
+	ok := s != nil && srv.attach(s, p, after) // also: the client has everything up to after
+	if s != nil && !ok {
 		srv.endSession(s, "cannot resume") // the events after `after` are gone
 	}
 	srv.mu.Unlock()

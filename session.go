@@ -150,7 +150,7 @@ func (srv *server) resumeSession(sid string, after int64, t transport) *session 
 func (srv *server) attach(s *session, t transport, after int64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.slow || after > s.lastSeq || after < s.lastSeq-int64(len(s.outbox)) {
+	if s.ended || s.slow || after > s.lastSeq || after < s.lastSeq-int64(len(s.outbox)) {
 		return false
 	}
 	if s.transport != nil && s.transport != t {
