@@ -1,5 +1,6 @@
-// The chat itself: sessions, rooms, the events of PROTOCOL.md, and the
-// WebSocket transport that carries them.
+// The chat itself: rooms, the events of PROTOCOL.md, and the WebSocket
+// transport that carries them. (pages.go, the plain HTTP part, comes before
+// it in the story; session.go and poll.go after.)
 //
 // Read it from the top:
 //
@@ -8,7 +9,8 @@
 //     and appends it to each member's outbox (session.go), never waiting on
 //     a network.
 //  3. The events themselves: decoding, acks, one small function each.
-//  4. The WebSocket transport: one reader, one writer, and a close code that
+//  4. The rules of PROTOCOL.md section 7: names, rooms, text.
+//  5. The WebSocket transport: one reader, one writer, and a close code that
 //     says why.
 //
 // session.go says what a session is: one user's presence, which outlives its
@@ -26,6 +28,8 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/url"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -120,6 +124,7 @@ type server struct {
 	idle     map[*room]struct{}  // rooms kept only for their history
 	nextID   int64               // the last message id given out
 	formRate map[string]*bucket  // POST /send_message rate, by client IP
+	dropping []*session          // fell behind; ended by unlock
 	closed   bool
 }
 
@@ -163,6 +168,18 @@ func (srv *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	srv.mux.ServeHTTP(w, r)
 }
 
+// unlock releases mu, first ending the sessions that fell behind while it
+// was held (session.push explains why not at once). Every critical section
+// that may push an event ends with unlock rather than mu.Unlock.
+func (srv *server) unlock() {
+	for len(srv.dropping) > 0 {
+		s := srv.dropping[0]
+		srv.dropping = srv.dropping[1:]
+		srv.endSession(s, "too slow") // may make others fall behind too
+	}
+	srv.mu.Unlock()
+}
+
 // track counts one more connection that close must wait for. It reports
 // false once the server is closing.
 func (srv *server) track() bool {
@@ -177,7 +194,8 @@ func (srv *server) track() bool {
 
 // close ends the server: every WebSocket is closed with 1001 (going away),
 // every waiting long-poll answers at once, and every timer stops. It waits
-// for the connections until ctx is done.
+// for the connections until ctx is done (then one goroutine stays behind,
+// waiting for the stragglers: fine for a process about to exit).
 func (srv *server) close(ctx context.Context) {
 	srv.mu.Lock()
 	srv.closed = true
@@ -197,6 +215,59 @@ func (srv *server) close(ctx context.Context) {
 	case <-ctx.Done():
 		srv.log.Warn("shutdown: connections still closing", "err", ctx.Err())
 	}
+}
+
+// writeJSON answers with v as JSON, never cached.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers {"error": {"code", "message"}}.
+func writeError(w http.ResponseWriter, status int, e *chatError) {
+	writeJSON(w, status, struct {
+		Error *chatError `json:"error"`
+	}{e})
+}
+
+// writeRawJSON answers with b, which is JSON already.
+func writeRawJSON(w http.ResponseWriter, status int, b []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// crossSite reports whether a state-changing request comes from another
+// site: its Origin is neither this host nor allowed by -origins, or, without
+// an Origin, the browser's Sec-Fetch-Site says so. Like a WebSocket
+// handshake (coder/websocket checks the same), a form on another site must
+// not post as our users.
+func (srv *server) crossSite(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		site := r.Header.Get("Sec-Fetch-Site")
+		return site == "cross-site"
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return true // "null" and other opaque origins
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return false
+	}
+	for _, pattern := range srv.cfg.Origins {
+		target := u.Host
+		if strings.Contains(pattern, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		if ok, _ := path.Match(strings.ToLower(pattern), strings.ToLower(target)); ok {
+			return false
+		}
+	}
+	return true
 }
 
 // ---------------------------------------------------------------------------
@@ -428,17 +499,17 @@ func badRequest(format string, args ...any) *chatError {
 // splitEnvelopes splits a client message into its envelopes: one JSON
 // object, or a JSON array of them (each element still to be checked). It
 // fails only when msg is not JSON at all.
-func splitEnvelopes(msg []byte) ([]json.RawMessage, error) {
+func splitEnvelopes(msg []byte) ([]json.RawMessage, *chatError) {
 	msg = bytes.TrimSpace(msg)
 	if !json.Valid(msg) {
 		return nil, badRequest("the message is not valid JSON")
 	}
-	if len(msg) > 0 && msg[0] == '[' {
-		var list []json.RawMessage
-		err := json.Unmarshal(msg, &list)
-		return list, err
+	if msg[0] != '[' {
+		return []json.RawMessage{msg}, nil
 	}
-	return []json.RawMessage{msg}, nil
+	var list []json.RawMessage
+	json.Unmarshal(msg, &list) // cannot fail: valid JSON, an array
+	return list, nil
 }
 
 // decodeEnvelope checks one envelope. It returns the ack number (0 for none)
@@ -446,11 +517,12 @@ func splitEnvelopes(msg []byte) ([]json.RawMessage, error) {
 func decodeEnvelope(raw json.RawMessage) (envelope, int64, error) {
 	var env envelope
 	err := json.Unmarshal(raw, &env)
+	// Data and Ack take any JSON, so the only type error left is an event
+	// name that is not a string; Unmarshal still fills the other fields,
+	// and the ack number can answer the failure.
 	var typeErr *json.UnmarshalTypeError
-	if err != nil && !errors.As(err, &typeErr) { // a wrong type still fills the rest
-		if !json.Valid(raw) {
-			return env, 0, badRequest("the message is not valid JSON")
-		}
+	badName := errors.As(err, &typeErr)
+	if err != nil && !badName {
 		return env, 0, badRequest("an event must be a JSON object with an \"event\" name")
 	}
 	var ack int64
@@ -461,7 +533,7 @@ func decodeEnvelope(raw json.RawMessage) (envelope, int64, error) {
 		}
 		ack = n
 	}
-	if err != nil || !validEventName(env.Event) {
+	if badName || !validEventName(env.Event) {
 		return env, ack, badRequest("event must be 1-32 characters of a-z and _")
 	}
 	return env, ack, nil
@@ -505,35 +577,47 @@ var events = map[string]func(srv *server, s *session, data json.RawMessage) (ack
 	"list_rooms":      (*server).listRooms,
 }
 
-// handleMessage applies every envelope of one client message, in order: a
-// bad one gets its error and the others are still applied.
-func (srv *server) handleMessage(s *session, msg []byte) {
+// handleMessage applies every envelope of one WebSocket message, in order:
+// a bad one gets its error and the others are still applied. It reports
+// false once the session has ended.
+func (srv *server) handleMessage(s *session, msg []byte) bool {
 	list, err := splitEnvelopes(msg)
 	if err != nil {
-		list = []json.RawMessage{msg} // handle answers it with bad_request
+		srv.mu.Lock()
+		defer srv.unlock()
+		s.push(encodeAnswer("", 0, ackData{}, err))
+		return !s.ended
 	}
 	for _, raw := range list {
-		srv.handle(s, raw)
+		if !srv.handle(s, raw) {
+			return false
+		}
 	}
+	return true
 }
+
+// rejoinable events are safe to apply again: a resent one is applied again
+// rather than answered from memory. Their answers carry a room's history
+// or the whole room list, too big to keep 256 of for every session.
+var rejoinable = map[string]bool{"join_room": true, "list_rooms": true, "echo_message": true}
 
 // handle applies one envelope and answers it: by ack when it has an ack
 // number, else by an error event if it failed. It reports false when the
-// session has ended, and nothing was done.
+// session has ended (or the server is closing), and nothing was done.
 func (srv *server) handle(s *session, raw json.RawMessage) bool {
 	env, ack, err := decodeEnvelope(raw)
 	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	if s.ended {
+	defer srv.unlock()
+	if s.ended || srv.closed {
 		return false
-	}
-	if answer, ok := s.acks[ack]; ok {
-		s.push(answer) // a resent event: answered again, not applied again
-		return true
 	}
 	if !s.rate.take(srv.cfg.Rate, srv.cfg.Burst, time.Now()) {
 		// Not remembered: the client may send the same ack number again.
 		s.push(encodeAnswer(env.Event, ack, ackData{}, &chatError{"rate_limited", "too many events: slow down"}))
+		return true
+	}
+	if answer, ok := s.acks[ack]; ok {
+		s.push(answer) // a resent event: answered again, not applied again
 		return true
 	}
 	var result ackData
@@ -548,7 +632,7 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 		return true // done, and nobody asked to hear so
 	}
 	answer := encodeAnswer(env.Event, ack, result, err)
-	if ack > 0 {
+	if ack > 0 && !rejoinable[env.Event] {
 		s.acks[ack] = answer
 		s.ackOrder = append(s.ackOrder, ack)
 		if len(s.ackOrder) > rememberedAcks {
@@ -734,7 +818,7 @@ func (srv *server) typingStart(s *session, data json.RawMessage) (ackData, error
 	var t *time.Timer
 	t = time.AfterFunc(srv.cfg.TypingTimeout, func() {
 		srv.mu.Lock()
-		defer srv.mu.Unlock()
+		defer srv.unlock()
 		if s.typing[r.name] == t {
 			srv.stopTyping(s, r)
 		}
@@ -804,7 +888,7 @@ func (srv *server) listRooms(s *session, data json.RawMessage) (ackData, error) 
 }
 
 // ---------------------------------------------------------------------------
-// The rules of PROTOCOL.md section 7
+// 4. The rules of PROTOCOL.md section 7
 // ---------------------------------------------------------------------------
 
 // validUsername trims the name and checks it: 1–24 letters, digits, spaces,
@@ -846,7 +930,7 @@ func validText(text string) error {
 }
 
 // ---------------------------------------------------------------------------
-// 4. The WebSocket transport: GET /ws
+// 5. The WebSocket transport: GET /ws
 // ---------------------------------------------------------------------------
 
 // closeReason is why a connection ends: the close code and reason the
@@ -862,16 +946,11 @@ func (c closeReason) Error() string { return fmt.Sprintf("close %d: %s", c.code,
 // goroutine reads; writeLoop is the only goroutine that writes to conn.
 type wsConn struct {
 	conn    *websocket.Conn
-	pending chan struct{} // "the outbox has events": one slot, never blocks
+	pending wakeup // "the outbox has events"
 	cancel  context.CancelCauseFunc
 }
 
-func (c *wsConn) wake() {
-	select {
-	case c.pending <- struct{}{}:
-	default: // already signalled: the writer will see every event anyway
-	}
-}
+func (c *wsConn) wake() { c.pending.wake() }
 
 func (c *wsConn) stop(code websocket.StatusCode, reason string) {
 	c.cancel(closeReason{code, reason})
@@ -906,24 +985,25 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithCancelCause(srv.ctx)
 	defer cancel(nil)
-	c := &wsConn{conn: conn, pending: make(chan struct{}, 1), cancel: cancel}
+	c := &wsConn{conn: conn, pending: make(wakeup, 1), cancel: cancel}
 
+	// Resume the session the client names, or else open a new one.
 	var s *session
-	resumed := false
 	if sid := q.Get("sid"); sid != "" {
-		s = srv.resumeSession(sid, after, c)
-		resumed = s != nil
+		s, err = srv.resumeSession(sid, after, c)
 	}
-	if s == nil {
+	resumed := s != nil
+	if !resumed && err != errShuttingDown {
 		after = 0
-		s, err = srv.openSession(q.Get("username"))
-		if err != nil {
-			conn.Close(websocket.StatusTryAgainLater, "server busy")
-			return
-		}
-		srv.mu.Lock()
-		srv.attach(s, c, 0)
-		srv.mu.Unlock()
+		s, err = srv.openSession(q.Get("username"), c)
+	}
+	switch err {
+	case errShuttingDown:
+		conn.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	case errServerBusy:
+		conn.Close(websocket.StatusTryAgainLater, "server busy")
+		return
 	}
 	defer srv.detach(s, c)
 
@@ -947,14 +1027,17 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			cancel(err)
 			break
 		}
-		srv.handleMessage(s, msg)
+		if !srv.handleMessage(s, msg) {
+			break // the session has ended: the writer is closing
+		}
 	}
 	<-done
 }
 
 // writeLoop is the only goroutine that writes to the connection. It sends
 // welcome, then every event after `after`, batching all the events that are
-// waiting into one message; it pings every cfg.PingEvery. When ctx ends it
+// waiting into one message; it pings every cfg.PingEvery (and waits for the
+// pong, at most pongWait: a live client answers at once). When ctx ends it
 // closes the connection with the code and reason of ctx's cause.
 func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, after int64) {
 	ping := time.NewTicker(s.srv.cfg.PingEvery)
@@ -963,12 +1046,16 @@ func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, afte
 	err := c.write(welcome)
 	var buf []byte
 	for err == nil {
+		if ctx.Err() != nil { // stopped: replaced, too slow, shutting down
+			err = context.Cause(ctx)
+			break
+		}
 		var last int64
 		buf, last = s.appendEvents(buf[:0], after, false)
 		if last > after {
 			if err = c.write(buf); err == nil {
 				after = last
-				s.markDelivered(last)
+				s.markDelivered(c, last)
 			}
 			continue
 		}
@@ -979,7 +1066,6 @@ func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, afte
 			err = c.conn.Ping(pingCtx)
 			cancel()
 		case <-ctx.Done():
-			err = context.Cause(ctx)
 		}
 	}
 	var reason closeReason

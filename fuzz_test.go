@@ -31,7 +31,7 @@ func FuzzEnvelope(f *testing.F) {
 	cfg.Rate, cfg.Burst = 1e9, 1e9
 	srv := newServer(cfg)
 	f.Cleanup(func() { srv.close(context.Background()) })
-	s, err := srv.openSession("fuzz")
+	s, err := srv.openSession("fuzz", nil)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func FuzzEnvelope(f *testing.F) {
 		if last != seen {
 			t.Fatalf("last seq %d, counted %d", last, seen)
 		}
-		s.markDelivered(last)
+		s.markDelivered(nil, last)
 	})
 }
 
@@ -71,10 +71,11 @@ func FuzzPollBody(f *testing.F) {
 	cfg.Rate, cfg.Burst = 1e9, 1e9
 	srv := newServer(cfg)
 	f.Cleanup(func() { srv.close(context.Background()) })
-	s, err := srv.openSession("fuzz")
+	s, err := srv.openSession("fuzz", nil)
 	if err != nil {
 		f.Fatal(err)
 	}
+	var seen int64
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req := httptest.NewRequest("POST", "/poll?sid="+s.sid, strings.NewReader(string(body)))
 		rec := httptest.NewRecorder()
@@ -89,10 +90,11 @@ func FuzzPollBody(f *testing.F) {
 		default:
 			t.Fatalf("body %q: status %d", body, rec.Code)
 		}
-		out, last := s.appendEvents(nil, 0, true)
+		out, last := s.appendEvents(nil, seen, true)
 		if !json.Valid(out) {
 			t.Fatalf("the server queued invalid JSON: %q", out)
 		}
-		s.markDelivered(last)
+		seen = last
+		s.markDelivered(nil, last)
 	})
 }

@@ -29,7 +29,8 @@ func main() {
 	}
 }
 
-// shutdownWait bounds a shutdown: PROTOCOL.md promises an exit within 5 s.
+// shutdownWait bounds a shutdown: PROTOCOL.md promises an exit within 5 s,
+// and this leaves a second for everything after the connections close.
 const shutdownWait = 4 * time.Second
 
 // run parses the flags, serves until ctx is done, then shuts down: every
@@ -42,7 +43,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fs := flag.NewFlagSet("chat", flag.ContinueOnError)
 	fs.SetOutput(stdout)
-	fs.StringVar(&addr, "addr", addr, "listen address (default :8080, or :$PORT)")
+	fs.StringVar(&addr, "addr", addr, "listen address (:$PORT when PORT is set)")
 	fs.DurationVar(&cfg.Grace, "grace", cfg.Grace, "how long a session outlives its transport")
 	fs.DurationVar(&cfg.PollTimeout, "poll-timeout", cfg.PollTimeout, "how long a long-poll GET waits")
 	fs.IntVar(&cfg.History, "history", cfg.History, "messages kept per room")
@@ -53,14 +54,17 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.IntVar(&cfg.PresenceLimit, "presence-limit", cfg.PresenceLimit, "members above which a room stops announcing presence")
 	origins := fs.String("origins", "", "extra origins allowed to open WebSockets and POST, comma-separated host patterns")
 	verbose := fs.Bool("v", false, "log every session's end")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return nil // -h: the usage is printed, nothing else to do
+	} else if err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	if cfg.Outbox < 1 || cfg.Burst < 1 || cfg.Rate <= 0 || cfg.MaxSessions < 1 || cfg.History < 0 || cfg.PresenceLimit < 0 {
-		return errors.New("-outbox, -burst, -rate and -max-sessions must be positive; -history and -presence-limit not negative")
+	if cfg.Outbox < 1 || cfg.Burst < 1 || cfg.Rate <= 0 || cfg.MaxSessions < 1 || cfg.Grace <= 0 || cfg.PollTimeout <= 0 ||
+		cfg.History < 0 || cfg.PresenceLimit < 0 {
+		return errors.New("-outbox, -burst, -rate, -max-sessions, -grace and -poll-timeout must be positive; -history and -presence-limit not negative")
 	}
 	for o := range strings.SplitSeq(*origins, ",") {
 		if o = strings.TrimSpace(o); o != "" {

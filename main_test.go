@@ -116,9 +116,12 @@ func TestShutdown(t *testing.T) {
 
 func TestRunFlags(t *testing.T) {
 	t.Parallel()
-	for _, args := range [][]string{{"-nope"}, {"-outbox", "0"}, {"stray"}, {"-addr", "127.0.0.1:notaport"}} {
+	for _, args := range [][]string{{"-nope"}, {"-outbox", "0"}, {"-grace", "0s"}, {"-poll-timeout", "0s"}, {"stray"}, {"-addr", "127.0.0.1:notaport"}} {
 		if err := run(context.Background(), args, io.Discard); err == nil {
 			t.Errorf("run %q: got no error", args)
 		}
+	}
+	if err := run(context.Background(), []string{"-h"}, io.Discard); err != nil {
+		t.Errorf("run -h: got %v, want the usage and no error", err)
 	}
 }

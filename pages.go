@@ -9,13 +9,9 @@ import (
 	"crypto/sha256"
 	_ "embed"
 	"encoding/base64"
-	"encoding/json"
 	"html/template"
 	"net"
 	"net/http"
-	"net/url"
-	"path"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -141,16 +137,16 @@ var formError = template.Must(template.New("formError").Parse(`<!doctype html>
 // redirects back to the page (303, so a reload does not post it again).
 // No session is made, and nobody may speak as a live user.
 func (srv *server) serveSendForm(w http.ResponseWriter, r *http.Request) {
-	if srv.crossSite(r) {
-		http.Error(w, "cross-site request refused", http.StatusForbidden)
-		return
-	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxPollBody)
 	refuse := func(status int, why string) {
 		htmlHeaders(w, plainCSP)
 		w.WriteHeader(status)
 		formError.Execute(w, why)
 	}
+	if srv.crossSite(r) {
+		refuse(http.StatusForbidden, "This form can only be sent from this chat's own page.")
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxPollBody)
 	if err := r.ParseForm(); err != nil {
 		refuse(http.StatusBadRequest, "The form could not be read.")
 		return
@@ -181,7 +177,7 @@ func (srv *server) serveSendForm(w http.ResponseWriter, r *http.Request) {
 	g := srv.room(defaultRoomName)
 	srv.store(g, name, text)
 	srv.forgetIdle(g) // general may have nobody in it: then it counts as idle
-	srv.mu.Unlock()
+	srv.unlock()
 
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
@@ -225,14 +221,10 @@ func (srv *server) serveMessages(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.(*chatError))
 		return
 	}
-	var since int64
-	if v := r.URL.Query().Get("since"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			writeError(w, http.StatusBadRequest, badRequest("since must be a message id"))
-			return
-		}
-		since = n
+	since, err := parseSeq(r.URL.Query().Get("since")) // a message id, parsed like a seq
+	if err != nil {
+		writeError(w, http.StatusBadRequest, badRequest("since must be a message id"))
+		return
 	}
 	srv.mu.Lock()
 	list := []message{}
@@ -241,49 +233,4 @@ func (srv *server) serveMessages(w http.ResponseWriter, r *http.Request) {
 	}
 	srv.mu.Unlock()
 	writeJSON(w, http.StatusOK, list)
-}
-
-// writeJSON answers with v as JSON, never cached.
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
-}
-
-// writeError answers {"error": {"code", "message"}}.
-func writeError(w http.ResponseWriter, status int, e *chatError) {
-	writeJSON(w, status, struct {
-		Error *chatError `json:"error"`
-	}{e})
-}
-
-// crossSite reports whether a state-changing request comes from another
-// site: its Origin is neither this host nor allowed by -origins, or, without
-// an Origin, the browser's Sec-Fetch-Site says so. Like a WebSocket
-// handshake (coder/websocket checks the same), a form on another site must
-// not post as our users.
-func (srv *server) crossSite(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		site := r.Header.Get("Sec-Fetch-Site")
-		return site == "cross-site"
-	}
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
-		return true // "null" and other opaque origins
-	}
-	if strings.EqualFold(u.Host, r.Host) {
-		return false
-	}
-	for _, pattern := range srv.cfg.Origins {
-		target := u.Host
-		if strings.Contains(pattern, "://") {
-			target = u.Scheme + "://" + u.Host
-		}
-		if ok, _ := path.Match(strings.ToLower(pattern), strings.ToLower(target)); ok {
-			return false
-		}
-	}
-	return true
 }

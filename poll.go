@@ -11,7 +11,7 @@
 //
 // What makes it lossless is the cursor. Every GET carries after=N, the
 // highest seq the client has processed. The server answers every event of
-// the session's outbox (chat.go) with a larger seq, and forgets nothing
+// the session's outbox (session.go) with a larger seq, and forgets nothing
 // until a later GET says the client has it. A response lost on the way is
 // no loss: the next GET still says after=N and gets the same events again.
 //
@@ -38,21 +38,16 @@ const maxPollBody = 64 << 10
 // pollWait is one GET /poll waiting for a session's events: the session's
 // transport while it waits.
 type pollWait struct {
-	pending  chan struct{} // "the outbox has events": one slot, never blocks
+	pending  wakeup        // "the outbox has events"
 	done     chan struct{} // closed by stop
 	once     sync.Once
-	replaced atomic.Bool // a newer GET took over: answer [] at once
+	replaced atomic.Bool // a newer transport took over: answer [] at once
 }
 
-func (p *pollWait) wake() {
-	select {
-	case p.pending <- struct{}{}:
-	default:
-	}
-}
+func (p *pollWait) wake() { p.pending.wake() }
 
 func (p *pollWait) stop(code websocket.StatusCode, reason string) {
-	if code == 4000 {
+	if code == statusReplaced {
 		p.replaced.Store(true)
 	}
 	p.once.Do(func() { close(p.done) })
@@ -67,17 +62,15 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 	}
 	sid := r.URL.Query().Get("sid")
 	if sid == "" {
-		s, err := srv.openSession(r.URL.Query().Get("username"))
+		s, err := srv.openSession(r.URL.Query().Get("username"), nil)
 		if err != nil {
-			writeError(w, http.StatusServiceUnavailable, errServerBusy)
+			writeError(w, http.StatusServiceUnavailable, err.(*chatError))
 			return
 		}
 		srv.mu.Lock()
 		welcome := encodeWelcome(s.sid, s.name, false)
 		srv.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "no-store")
-		w.Write(welcome)
+		writeRawJSON(w, http.StatusOK, welcome)
 		return
 	}
 
@@ -86,6 +79,7 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, errUnknownSession)
 		return
 	}
+	defer srv.keepAlive(s) // a request in progress, whatever its answer
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPollBody))
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
@@ -95,18 +89,23 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, badRequest("the body could not be read"))
 		return
 	}
-	list, err := splitEnvelopes(body)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err.(*chatError)) // nothing applied
+	list, bad := splitEnvelopes(body)
+	if bad != nil {
+		writeError(w, http.StatusBadRequest, bad) // nothing applied
 		return
 	}
-	for _, raw := range list {
-		if !srv.handle(s, raw) {
-			writeError(w, http.StatusNotFound, errUnknownSession) // it ended meanwhile
+	for i, raw := range list {
+		if srv.handle(s, raw) {
+			continue
+		}
+		// The session ended meanwhile (it fell behind, say). What was applied
+		// stays applied; the next GET will tell the client it is gone.
+		if i == 0 {
+			writeError(w, http.StatusNotFound, errUnknownSession)
 			return
 		}
+		break
 	}
-	srv.keepAlive(s)
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -121,22 +120,23 @@ func (srv *server) servePollReceive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !srv.track() {
-		writeJSON(w, http.StatusOK, []struct{}{}) // shutting down
+		writeRawJSON(w, http.StatusOK, []byte("[]")) // shutting down
 		return
 	}
 	defer srv.conns.Done()
 
-	// Find the session and attach in one critical section: in between, the
-	// grace timer could end it.
-	p := &pollWait{pending: make(chan struct{}, 1), done: make(chan struct{})}
-	srv.mu.Lock()
-	s := srv.sessions[q.Get("sid")]
-	ok := s != nil && srv.attach(s, p, after) // also: the client has everything up to after
-	if s != nil && !ok {
-		srv.endSession(s, "cannot resume") // the events after `after` are gone
-	}
-	srv.mu.Unlock()
-	if !ok {
+	// Attaching also acknowledges: the client has every event up to after.
+	p := &pollWait{pending: make(wakeup, 1), done: make(chan struct{})}
+	s, err := srv.resumeSession(q.Get("sid"), after, p)
+	switch err {
+	case nil:
+	case errCursorAhead:
+		writeError(w, http.StatusBadRequest, errCursorAhead)
+		return
+	case errShuttingDown:
+		writeRawJSON(w, http.StatusOK, []byte("[]"))
+		return
+	default: // gone, or the events after `after` are
 		writeError(w, http.StatusNotFound, errUnknownSession)
 		return
 	}
@@ -157,12 +157,8 @@ func (srv *server) servePollReceive(w http.ResponseWriter, r *http.Request) {
 	if !p.replaced.Load() {
 		msg, _ = s.appendEvents(make([]byte, 0, 512), after, true)
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Write(msg)
+	writeRawJSON(w, http.StatusOK, msg)
 }
-
-var errUnknownSession = &chatError{"unknown_session", "no such session: it expired or never was; open a new one"}
 
 // findSession returns the live session sid, or nil.
 func (srv *server) findSession(sid string) *session {
@@ -176,9 +172,9 @@ func (srv *server) findSession(sid string) *session {
 func (srv *server) keepAlive(s *session) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
-	s.mu.Lock()
+	s.outboxMu.Lock()
 	detached := s.transport == nil
-	s.mu.Unlock()
+	s.outboxMu.Unlock()
 	if detached && !s.ended {
 		srv.startGrace(s)
 	}

@@ -396,10 +396,10 @@ func waitPolling(t *testing.T, srv *server, sid string, after int64) {
 		s := srv.sessions[sid]
 		srv.mu.Unlock()
 		if s != nil {
-			s.mu.Lock()
+			s.outboxMu.Lock()
 			_, polling := s.transport.(*pollWait)
 			polling = polling && s.delivered == after
-			s.mu.Unlock()
+			s.outboxMu.Unlock()
 			if polling {
 				return
 			}
@@ -489,6 +489,10 @@ func TestPollReceive(t *testing.T) {
 
 	a := mustRequest(t, alice.hc, "GET", ts.URL+"/poll?sid="+alice.sid+"&after=x", nil, nil)
 	wantJSONError(t, a, http.StatusBadRequest, "bad_request")
+	// A cursor beyond the last event is refused, and the session lives on.
+	a = mustRequest(t, alice.hc, "GET", alice.receiveURL(alice.after+5), nil, nil)
+	wantJSONError(t, a, http.StatusBadRequest, "bad_request")
+	alice.call("echo_message", "still alive")
 }
 
 // TestPollAcknowledge: each GET acknowledges the events up to its after, and

@@ -30,7 +30,7 @@ type session struct {
 	srv *server
 	sid string // 128 random bits; a secret, never shown to others
 
-	// Guarded by srv.mu.
+	// The chat state of the session, guarded by srv.mu (chat.go).
 	name     string
 	rooms    map[string]*room
 	typing   map[string]*time.Timer // room → timer that turns typing off
@@ -40,14 +40,19 @@ type session struct {
 	grace    *time.Timer // runs while no transport is attached
 	ended    bool
 
-	// mu guards the outbox and the transport reading it. Lock order:
-	// srv.mu before s.mu, never the other way round.
-	mu        sync.Mutex
-	outbox    []outEvent // the last cfg.Outbox events, by seq
-	lastSeq   int64      // seq of the newest event; 0 before the first
-	delivered int64      // the client has (or was sent) every seq up to this
-	slow      bool       // fell more than cfg.Outbox events behind
-	transport transport  // nil while detached
+	// outboxMu guards the outbox and the transport reading it, so that a
+	// transport can send without touching the chat state. Lock order:
+	// srv.mu before outboxMu, never the other way round.
+	outboxMu sync.Mutex
+	outbox   []outEvent // the last cfg.Outbox events, by seq
+	lastSeq  int64      // seq of the newest event; 0 before the first
+	// delivered: the client has every event up to this seq, or at least
+	// it is on its way. For a WebSocket, what the writer has written; for
+	// a long-poll, the `after` of the latest GET. The slow-reader rule
+	// counts from here.
+	delivered int64
+	slow      bool      // fell more than cfg.Outbox events behind
+	transport transport // nil while detached
 }
 
 // outEvent is one event in an outbox. body is the envelope without its seq:
@@ -68,6 +73,29 @@ type transport interface {
 	stop(code websocket.StatusCode, reason string)
 }
 
+// wakeup is a transport's wake-up call: one slot, so sending never blocks
+// and many pushes while the transport is busy wake it once.
+type wakeup chan struct{}
+
+func (c wakeup) wake() {
+	select {
+	case c <- struct{}{}:
+	default: // already signalled: the transport will see every event anyway
+	}
+}
+
+// statusReplaced closes a transport that another one (a new connection with
+// the same sid) has taken over. A client must not resume that sid again.
+const statusReplaced websocket.StatusCode = 4000
+
+// Why a session cannot be opened or resumed.
+var (
+	errServerBusy     = &chatError{"server_busy", "too many sessions: try again later"}
+	errShuttingDown   = &chatError{"server_busy", "the server is shutting down: try again in a moment"}
+	errUnknownSession = &chatError{"unknown_session", "no such session: it expired or never was; open a new one"}
+	errCursorAhead    = badRequest("after is beyond the last event of this session")
+)
+
 // newSID returns 128 random bits, URL-safe encoded.
 func newSID() string {
 	b := make([]byte, 16)
@@ -75,16 +103,17 @@ func newSID() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// errServerBusy is returned by openSession when cfg.MaxSessions are live.
-var errServerBusy = &chatError{"server_busy", "too many sessions: try again later"}
-
 // openSession starts a session named wanted (or guest-NNNN when that name is
-// invalid or taken), joins it to general, and leaves it detached: the caller
-// attaches a transport or the grace timer ends it.
-func (srv *server) openSession(wanted string) (*session, error) {
+// invalid or taken) and joins it to general. With a transport t it attaches
+// t at once; without one (a long-poll session, which has no GET yet) the
+// grace period starts.
+func (srv *server) openSession(wanted string, t transport) (*session, error) {
 	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	if srv.closed || len(srv.sessions) >= srv.cfg.MaxSessions {
+	defer srv.unlock()
+	if srv.closed {
+		return nil, errShuttingDown
+	}
+	if len(srv.sessions) >= srv.cfg.MaxSessions {
 		return nil, errServerBusy
 	}
 	s := &session{
@@ -102,16 +131,20 @@ func (srv *server) openSession(wanted string) (*session, error) {
 	s.name = name
 	srv.sessions[s.sid] = s
 	srv.names[strings.ToLower(name)] = s
-	srv.startGrace(s)
+	if t != nil {
+		srv.attach(s, t, 0)
+	} else {
+		srv.startGrace(s)
+	}
 	srv.join(s, defaultRoomName, 0) // cannot fail: a new session has no rooms
 	return s, nil
 }
 
-// guestName returns a free guest-NNNN name.
+// guestName returns a free guest-NNNN name (more digits if those run out).
 func (srv *server) guestName() string {
-	for digits := 4; ; digits++ {
+	for digits, limit := 4, 10000; ; digits, limit = digits+1, limit*10 {
 		for range 20 {
-			name := fmt.Sprintf("guest-%0*d", digits, mathrand.IntN(pow10(digits)))
+			name := fmt.Sprintf("guest-%0*d", digits, mathrand.IntN(limit))
 			if srv.names[name] == nil {
 				return name
 			}
@@ -119,42 +152,46 @@ func (srv *server) guestName() string {
 	}
 }
 
-func pow10(n int) int {
-	p := 1
-	for range n {
-		p *= 10
-	}
-	return p
-}
-
-// resumeSession finds the session sid and attaches t to it, if its outbox
-// still holds every event after `after`. Otherwise it ends that session (the
-// client starts over, and must find its name free) and returns nil.
-func (srv *server) resumeSession(sid string, after int64, t transport) *session {
+// resumeSession attaches t to the session sid, to send the events after
+// `after`. It fails with errUnknownSession when there is no such session or
+// its outbox no longer holds those events; in the second case it ends the
+// session, so that the client, starting over, finds its name free. A cursor
+// beyond the last event (errCursorAhead) is a client's mistake: the session
+// is left alone.
+func (srv *server) resumeSession(sid string, after int64, t transport) (*session, error) {
 	srv.mu.Lock()
-	defer srv.mu.Unlock()
+	defer srv.unlock()
+	if srv.closed {
+		return nil, errShuttingDown
+	}
 	s := srv.sessions[sid]
-	if s == nil || srv.closed {
-		return nil
+	if s == nil {
+		return nil, errUnknownSession
 	}
-	if !srv.attach(s, t, after) {
+	err := srv.attach(s, t, after)
+	if err == errUnknownSession {
 		srv.endSession(s, "cannot resume")
-		return nil
 	}
-	return s
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // attach makes t the session's transport, replacing (code 4000) any other,
-// and sends from seq after+1 on. It reports false when the outbox no longer
-// holds all of those events. srv.mu is held.
-func (srv *server) attach(s *session, t transport, after int64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ended || s.slow || after > s.lastSeq || after < s.lastSeq-int64(len(s.outbox)) {
-		return false
+// and sends from seq after+1 on. It fails when the outbox no longer holds
+// all of those events. srv.mu is held.
+func (srv *server) attach(s *session, t transport, after int64) error {
+	s.outboxMu.Lock()
+	defer s.outboxMu.Unlock()
+	switch {
+	case after > s.lastSeq:
+		return errCursorAhead
+	case s.ended || s.slow || after < s.lastSeq-int64(len(s.outbox)):
+		return errUnknownSession
 	}
 	if s.transport != nil && s.transport != t {
-		s.transport.stop(4000, "replaced")
+		s.transport.stop(statusReplaced, "replaced")
 	}
 	s.transport = t
 	s.delivered = after
@@ -163,20 +200,20 @@ func (srv *server) attach(s *session, t transport, after int64) bool {
 	if after < s.lastSeq {
 		t.wake()
 	}
-	return true
+	return nil
 }
 
 // detach removes t from the session, if it is still the session's
 // transport, and starts the grace period.
 func (srv *server) detach(s *session, t transport) {
 	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	s.mu.Lock()
+	defer srv.unlock()
+	s.outboxMu.Lock()
 	current := s.transport == t
 	if current {
 		s.transport = nil
 	}
-	s.mu.Unlock()
+	s.outboxMu.Unlock()
 	if current && !s.ended {
 		srv.startGrace(s)
 	}
@@ -192,7 +229,7 @@ func (srv *server) startGrace(s *session) {
 	var t *time.Timer
 	t = time.AfterFunc(srv.cfg.Grace, func() {
 		srv.mu.Lock()
-		defer srv.mu.Unlock()
+		defer srv.unlock()
 		if s.grace == t { // not stopped or restarted since
 			srv.endSession(s, "grace period over")
 		}
@@ -220,24 +257,28 @@ func (srv *server) endSession(s *session, why string) {
 	}
 	delete(srv.sessions, s.sid)
 	delete(srv.names, strings.ToLower(s.name))
-	s.mu.Lock()
+	s.outboxMu.Lock()
 	if s.transport != nil {
 		s.transport.stop(websocket.StatusNormalClosure, "session ended")
 		s.transport = nil
 	}
 	s.outbox = nil
-	s.mu.Unlock()
+	s.outboxMu.Unlock()
 	srv.log.Debug("session ended", "user", s.name, "why", why)
 }
 
 // push appends one event to the outbox and wakes the transport. It never
-// waits. A session that falls more than cfg.Outbox events behind its client
-// is a slow reader: its transport is closed (1008, "too slow") and the
-// session ends, so that it never holds back anyone else.
+// waits. srv.mu is held.
+//
+// A session that falls more than cfg.Outbox events behind its client is a
+// slow reader: its transport is closed at once (1008, "too slow") so that it
+// never holds back anyone else, and the session ends when the caller lets go
+// of srv.mu (srv.unlock). Not here: the caller may be halfway through a
+// room's members, and the others must all see the same order of events.
 func (s *session) push(body []byte) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.slow || s.ended { // s.ended: the caller holds srv.mu
+	s.outboxMu.Lock()
+	defer s.outboxMu.Unlock()
+	if s.slow || s.ended {
 		return
 	}
 	s.lastSeq++
@@ -250,13 +291,7 @@ func (s *session) push(body []byte) {
 		if s.transport != nil {
 			s.transport.stop(websocket.StatusPolicyViolation, "too slow")
 		}
-		// The caller holds srv.mu, and may be walking a room's members:
-		// end the session as soon as it lets go.
-		go func() {
-			s.srv.mu.Lock()
-			defer s.srv.mu.Unlock()
-			s.srv.endSession(s, "too slow")
-		}()
+		s.srv.dropping = append(s.srv.dropping, s)
 		return
 	}
 	if s.transport != nil {
@@ -267,11 +302,13 @@ func (s *session) push(body []byte) {
 // appendEvents appends to buf the events after seq `after`, as one JSON
 // value: the envelope alone when there is one and array is false, else a
 // JSON array. It returns the new buffer and the seq of the last event.
+// Once the session has ended (or fell behind) there is nothing to send:
+// its transport has been stopped.
 func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.outboxMu.Lock()
+	defer s.outboxMu.Unlock()
 	n := int(s.lastSeq - after)
-	if n > len(s.outbox) { // only when ended or slow: nothing to send
+	if n > len(s.outbox) {
 		n = 0
 	}
 	array = array || n > 1
@@ -292,11 +329,14 @@ func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int
 	return buf, after + int64(n)
 }
 
-// markDelivered records that the client has every event up to seq.
-func (s *session) markDelivered(seq int64) {
-	s.mu.Lock()
-	s.delivered = max(s.delivered, seq)
-	s.mu.Unlock()
+// markDelivered records that transport t has sent every event up to seq,
+// unless t has been replaced meanwhile.
+func (s *session) markDelivered(t transport, seq int64) {
+	s.outboxMu.Lock()
+	if s.transport == t {
+		s.delivered = max(s.delivered, seq)
+	}
+	s.outboxMu.Unlock()
 }
 
 // bucket is a token bucket: cfg.Rate tokens a second, at most cfg.Burst.

@@ -911,3 +911,17 @@ func TestIdleRoomsCapped(t *testing.T) {
 		t.Errorf("history of b: got %v", rj.History)
 	}
 }
+
+// TestCursorAhead: a resume whose after is beyond the last event is the
+// client's mistake. Over WebSocket it gets a new session; the old session is
+// left alone (another tab may be using it).
+func TestCursorAhead(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	c := dialQuery(t, ts, url.Values{"sid": {alice.sid}, "after": {"99"}, "username": {"alice"}}, 0)
+	if !strings.Contains(string(c.welcome.Data), `"resumed":false`) || c.sid == alice.sid || c.username == "alice" {
+		t.Errorf("welcome: got %s, want a new session with another name", c.welcome)
+	}
+	alice.call("echo_message", "still alive")
+}
