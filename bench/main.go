@@ -1,0 +1,395 @@
+// Command bench is a load generator for the chat server: real clients on
+// real sockets, and numbers it can vouch for.
+//
+//	go run ./bench -url http://127.0.0.1:8080 -clients 1000 -senders 10 -rate 500 -duration 10s
+//
+// puts 1,000 WebSocket clients (-transport polling: long-poll clients) in one
+// room, has 10 of them send 500 messages a second in total for 10 s, and
+// reports deliveries, loss, duplicates, throughput, latency and CPU use.
+//
+//	go run ./bench -idle 10000 -server-pid PID
+//
+// opens 10,000 idle WebSockets instead, and reports how much resident memory
+// the server spends on each.
+//
+// The server's default limits are for people: 20 events a second per
+// session, 10,000 sessions. Start it with raised ones for a benchmark:
+//
+//	go run . -rate 100000 -burst 100000 -max-sessions 100000
+//
+// Three things make the numbers honest:
+//
+//   - Open loop. Senders do not wait for their messages to come back: every
+//     message has a time fixed in advance and carries it in its text
+//     ("b <id> <unix ns> xxx…"). A slow server shows as latency, not as a
+//     politely lower rate.
+//   - Every delivery counted. Each message has a unique number and each
+//     client remembers the numbers it has seen: loss and duplicates are exact.
+//   - A generator that is not the bottleneck: it reports its own CPU use, and
+//     the whole machine's, and reads messages without decoding each one.
+//
+// It only ever connects to loopback addresses, and every run is bounded in
+// size and in time.
+package main
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// Bounds on one run.
+const (
+	maxClients  = 100_000   // clients, or idle connections
+	maxRate     = 1_000_000 // messages a second, all senders together
+	maxDuration = 10 * time.Minute
+	overtime    = 3 * time.Minute // for connecting and closing: the hard deadline is -duration + -drain + -hold + this
+)
+
+// serverHint is printed when the server refused clients or messages.
+const serverHint = "hint: the server refused clients or messages; for a large run start it with raised limits:\n" +
+	"      -rate 100000 -burst 100000 -max-sessions 100000"
+
+type options struct {
+	url, transport, room  string
+	clients, senders      int
+	rate                  float64 // messages a second, all senders together
+	size                  int     // characters in a message's text
+	duration, drain, hold time.Duration
+	idle, serverPID       int
+	perSource             int // connections per loopback source address
+}
+
+func parseFlags(args []string, out io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&o.url, "url", "http://127.0.0.1:8080", "the server: a loopback address only")
+	fs.StringVar(&o.transport, "transport", "websocket", "websocket or polling")
+	fs.StringVar(&o.room, "room", "general", "the room; any other than general is joined with join_room")
+	fs.IntVar(&o.clients, "clients", 100, "clients in the room")
+	fs.IntVar(&o.senders, "senders", 10, "how many of the clients send")
+	fs.Float64Var(&o.rate, "rate", 100, "messages a second, all senders together")
+	fs.IntVar(&o.size, "size", 60, "characters in a message's text")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "the send window")
+	fs.DurationVar(&o.drain, "drain", 5*time.Second, "longest wait after the send window for the last deliveries")
+	fs.IntVar(&o.idle, "idle", 0, "idle mode: open this many idle WebSockets and measure the server's memory")
+	fs.IntVar(&o.serverPID, "server-pid", 0, "the server's process id, to report its CPU and memory (needed by -idle)")
+	fs.DurationVar(&o.hold, "hold", 5*time.Second, "idle mode: how long the connections stay open")
+	fs.IntVar(&o.perSource, "per-source", 20_000, "connections per source address 127.0.0.1, 127.0.0.2, …")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	case o.transport != "websocket" && o.transport != "polling":
+		return nil, errors.New("-transport is websocket or polling")
+	case !regexp.MustCompile(`^[\pL\p{Nd}._-]{1,32}$`).MatchString(o.room): // the server's rule; safe in JSON as it is
+		return nil, errors.New("-room is 1-32 letters, digits, '-', '_' or '.'")
+	case o.clients < 1 || o.clients > maxClients || o.idle < 0 || o.idle > maxClients:
+		return nil, fmt.Errorf("-clients and -idle are at most %d", maxClients)
+	case o.senders < 1 || o.senders > o.clients:
+		return nil, errors.New("-senders is between 1 and -clients")
+	case !(o.rate > 0 && o.rate <= maxRate):
+		return nil, fmt.Errorf("-rate is above 0 and at most %d", maxRate)
+	case o.size < 1 || o.size > 2000:
+		return nil, errors.New("-size is 1 to 2000 (the server's limit)")
+	case min(o.duration, o.drain, o.hold) < 0 || o.duration == 0 || max(o.duration, o.drain, o.hold) > maxDuration:
+		return nil, fmt.Errorf("-duration, -drain and -hold are at most %v", maxDuration)
+	case o.idle > 0 && o.serverPID <= 0:
+		return nil, errors.New("-idle needs -server-pid")
+	case o.perSource < 1:
+		return nil, errors.New("-per-source must be positive")
+	case float64(o.clients)*o.rate*o.duration.Seconds() > 32<<30: // the clients' bitsets, in bits
+		return nil, errors.New("clients × messages is too large to count: make the run smaller")
+	}
+	return o, nil
+}
+
+// run checks the target and the limits, then runs the load or the idle
+// mode under one hard deadline.
+func run(ctx context.Context, args []string, out io.Writer) error {
+	o, err := parseFlags(args, out)
+	if err != nil {
+		return err
+	}
+	base, err := loopbackURL(ctx, o.url)
+	if err != nil {
+		return err
+	}
+	if o.idle > 0 {
+		o.clients, o.senders, o.transport = o.idle, 0, "websocket"
+	}
+	var files syscall.Rlimit // Go raises the soft limit to the hard one at start
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &files); files.Cur < uint64(o.clients)+64 {
+		return fmt.Errorf("%d connections need more open files than the limit, %d (ulimit -n)", o.clients, files.Cur)
+	}
+	if _, err := readRSS(o.serverPID); err != nil {
+		return fmt.Errorf("-server-pid: %v", err)
+	}
+	nw, err := newNetwork(base, o.clients, o.perSource)
+	if err != nil {
+		return err
+	}
+
+	// Whatever happens, everything stops at the deadline; the watchdog
+	// makes sure of it even if closing a connection were to hang.
+	ctx, cancel := context.WithTimeout(ctx, o.duration+o.drain+o.hold+overtime)
+	defer cancel()
+	go func() {
+		<-ctx.Done()
+		time.Sleep(10 * time.Second)
+		fmt.Fprintln(os.Stderr, "bench: still running 10 s after the deadline; exiting")
+		os.Exit(2)
+	}()
+	r := newLoadRun(o, nw)
+	if o.idle > 0 {
+		return r.runIdle(ctx, out)
+	}
+	return r.runLoad(ctx, out)
+}
+
+// loopbackURL parses the server's URL and resolves its host, and refuses
+// any host that is not only loopback addresses (127.0.0.0/8, ::1): a load
+// generator must never be pointed at someone else's server. The URL it
+// returns holds the address itself, so nothing is resolved again.
+func loopbackURL(ctx context.Context, raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "ws") {
+		return nil, fmt.Errorf("-url: want http://HOST:PORT, got %q", raw)
+	}
+	ips, err := net.DefaultResolver.LookupIPAddr(ctx, u.Hostname())
+	if err != nil {
+		return nil, fmt.Errorf("-url: %v", err)
+	}
+	for _, ip := range ips {
+		if !ip.IP.IsLoopback() {
+			return nil, fmt.Errorf("-url: %s is %s, not a loopback address: refusing to run", u.Hostname(), ip.IP)
+		}
+	}
+	// IPv4 if there is one: it has more source addresses (client.go).
+	ip := ips[max(0, slices.IndexFunc(ips, func(ip net.IPAddr) bool { return ip.IP.To4() != nil }))].IP
+	return &url.URL{Scheme: "http", Host: net.JoinHostPort(ip.String(), cmp.Or(u.Port(), "80"))}, nil
+}
+
+// runLoad connects the clients, runs the send window and the drain, closes
+// the clients and prints the report.
+func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
+	o := r.o
+	fmt.Fprintf(out, "bench: %s, %d clients in room %s, %d senders, %g messages/s in total for %v, %d-character texts\n",
+		o.transport, o.clients, o.room, o.senders, o.rate, o.duration, o.size)
+	receivers := r.connect(ctx, out)
+	defer r.closeAll()
+	if len(receivers) < o.senders {
+		r.closeAll()
+		printCloses(out, r)
+		return fmt.Errorf("only %d clients joined the room, fewer than -senders", len(receivers))
+	}
+
+	// The send window, then the drain: wait until every expected delivery
+	// has arrived, or a second passes without one, or -drain is over.
+	before := measure(o.serverPID)
+	start := time.Now().Add(50 * time.Millisecond) // so that every sender starts on time
+	var senders sync.WaitGroup
+	for i, c := range receivers[:o.senders] {
+		senders.Go(func() { r.sendLoop(ctx, c, i, start) })
+	}
+	senders.Wait()
+	windowEnd, inWindow := time.Now(), r.delivered.Load()
+	expected := func() int64 { return (r.sent.Load() - r.refused.Load()) * int64(len(receivers)) }
+	deadline, last, still := windowEnd.Add(o.drain), r.delivered.Load(), 0
+	for last < expected() && still < 10 && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(100 * time.Millisecond)
+		if now := r.delivered.Load(); now != last {
+			last, still = now, 0
+		} else {
+			still++
+		}
+	}
+	after := measure(o.serverPID)
+	r.closeAll() // the clients' counters may be read once they have stopped
+
+	var received, dups int64
+	lossy := 0
+	for _, c := range receivers {
+		received, dups = received+c.received, dups+c.dups
+		if c.received*int64(len(receivers)) < expected() {
+			lossy++
+		}
+	}
+	want := expected()
+	fmt.Fprintf(out, "sent            %d messages (%d refused by the server, %d not sent); senders were at most %v late\n",
+		r.sent.Load(), r.refused.Load(), r.sendErrors.Load(), time.Duration(r.lag.Load()).Round(time.Microsecond))
+	fmt.Fprintf(out, "deliveries      expected %d (accepted × %d receivers), received %d\n", want, len(receivers), received)
+	fmt.Fprintf(out, "loss            %d (%.3f%%, %d clients missed some), duplicates %d\n",
+		want-received, 100*float64(want-received)/float64(max(want, 1)), lossy, dups)
+	if span := time.Unix(0, r.lastDelivery.Load()).Sub(start).Seconds(); span > 0 {
+		fmt.Fprintf(out, "throughput      %.0f deliveries/s from the first send to the last delivery (%.2fs); "+
+			"%.0f/s in the send window; target %.0f/s\n", float64(received)/span, span,
+			float64(inWindow)/windowEnd.Sub(start).Seconds(), o.rate*float64(len(receivers)))
+		fmt.Fprintf(out, "batching        %.1f messages per server write (WebSocket message or poll answer)\n",
+			float64(r.delivered.Load())/float64(max(r.batches.Load(), 1)))
+	}
+	fmt.Fprintf(out, "latency         %s\n", r.latency.summary())
+	fmt.Fprintf(out, "CPU             %s\n", after.since(before))
+	printCloses(out, r)
+	return nil
+}
+
+// runIdle opens -idle WebSockets that only answer pings, and reports how
+// much the server's resident memory grew for each.
+func (r *loadRun) runIdle(ctx context.Context, out io.Writer) error {
+	before, err := settledRSS(ctx, r.o.serverPID)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "bench: %d idle WebSockets; server resident memory before: %.1f MiB\n", r.o.idle, mib(before))
+	open := len(r.connect(ctx, out))
+	defer r.closeAll()
+	after, err := settledRSS(ctx, r.o.serverPID)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "server memory   %.1f MiB after: %.1f MiB more, %.1f KiB per connection\n",
+		mib(after), mib(after-before), float64(after-before)/float64(max(open, 1))/1024)
+	select {
+	case <-time.After(r.o.hold):
+	case <-ctx.Done():
+	}
+	r.closeAll()
+	fmt.Fprintf(out, "held            %v\n", r.o.hold)
+	printCloses(out, r)
+	return nil
+}
+
+// printCloses reports the clients that the server closed or refused (by
+// close code or HTTP status, and reason) or that failed, and what the
+// server refused.
+func printCloses(out io.Writer, r *loadRun) {
+	why, closed := map[string]int{}, 0
+	for _, c := range r.clients {
+		if c.closedBy != "" {
+			why[c.closedBy]++
+			closed++
+		}
+	}
+	fmt.Fprintf(out, "lost clients    %d, by why: %v\n", closed, why)
+	if len(r.refusals) > 0 {
+		fmt.Fprintf(out, "refused         %v\n%s\n", r.refusals, serverHint)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// CPU and memory, from the kernel
+// ---------------------------------------------------------------------------
+
+// usage is a reading of the CPU time used so far: by this process, by the
+// server, and by the whole machine, so that other load shows.
+type usage struct {
+	at                 time.Time
+	self, server, idle time.Duration
+	cpus               int
+}
+
+// tick is the unit of /proc's CPU times: USER_HZ, 100 on Linux.
+const tick = 10 * time.Millisecond
+
+func measure(serverPID int) usage {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	u := usage{at: time.Now(), self: time.Duration(ru.Utime.Nano() + ru.Stime.Nano())}
+	// /proc/PID/stat: after the command name in parentheses, field 14 is
+	// utime and 15 stime.
+	if b, err := os.ReadFile("/proc/" + strconv.Itoa(serverPID) + "/stat"); serverPID > 0 && err == nil {
+		if f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])); len(f) > 12 {
+			u.server = (atoi(f[11]) + atoi(f[12])) * tick
+		}
+	}
+	// /proc/stat: "cpu user nice system idle iowait …" for all the CPUs
+	// together, then a line for each. Idle time is measured, not sampled.
+	if b, err := os.ReadFile("/proc/stat"); err == nil {
+		u.cpus = strings.Count(string(b), "\ncpu")
+		if f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0]); len(f) > 5 {
+			u.idle = (atoi(f[4]) + atoi(f[5])) * tick
+		}
+	}
+	return u
+}
+
+func atoi(s string) time.Duration {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return time.Duration(n)
+}
+
+// since describes the CPU used between two readings, in % of one core.
+// The kernel's network work is charged to the process it runs for; what
+// is left of the machine's use is someone else's, and should be near 0.
+func (u usage) since(old usage) string {
+	pct := func(d time.Duration) float64 { return 100 * d.Seconds() / u.at.Sub(old.at).Seconds() }
+	s := fmt.Sprintf("generator %.0f%% (GOMAXPROCS %d)", pct(u.self-old.self), runtime.GOMAXPROCS(0))
+	if u.server > 0 {
+		s += fmt.Sprintf(", server %.0f%%", pct(u.server-old.server))
+	}
+	wall := u.at.Sub(old.at)
+	others := wall*time.Duration(u.cpus) - (u.idle - old.idle) - (u.self - old.self) - (u.server - old.server)
+	return s + fmt.Sprintf(", everything else %.0f%% (%% of one core, %d cores, over %.1fs of sending and draining)",
+		pct(others), u.cpus, u.at.Sub(old.at).Seconds())
+}
+
+// readRSS returns process pid's resident memory in bytes, VmRSS in
+// /proc/PID/status; 0 without a pid.
+func readRSS(pid int) (int64, error) {
+	if pid <= 0 {
+		return 0, nil
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	_, rest, _ := strings.Cut(string(b), "VmRSS:")
+	kb, _, _ := strings.Cut(strings.TrimSpace(rest), " ")
+	n, err := strconv.ParseInt(kb, 10, 64)
+	return n << 10, err
+}
+
+// settledRSS reads the resident memory until it stops moving (two readings
+// half a second apart within 1 %), for at most 10 s.
+func settledRSS(ctx context.Context, pid int) (int64, error) {
+	prev, err := readRSS(pid)
+	for i := 0; i < 20 && err == nil && ctx.Err() == nil; i++ {
+		time.Sleep(500 * time.Millisecond)
+		now, err := readRSS(pid)
+		if err != nil || max(now-prev, prev-now) < prev/100 {
+			return now, err
+		}
+		prev = now
+	}
+	return prev, err
+}
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
