@@ -277,9 +277,34 @@ func (srv *server) crossSite(r *http.Request) bool {
 // room is a named group of sessions and its last cfg.History messages.
 // Guarded by srv.mu.
 type room struct {
-	name    string
-	members map[*session]struct{}
+	name string
+	// members is kept sorted by name, as room_joined lists them: a join
+	// then costs a binary search and a copy, not a sort of the whole room.
+	members []*session
 	history []message
+}
+
+// byName orders sessions by their lowercase name, then by name.
+func byName(a, b *session) int {
+	return cmp.Or(strings.Compare(a.key, b.key), strings.Compare(a.name, b.name))
+}
+
+// add puts s among the members, in order.
+func (r *room) add(s *session) {
+	i, _ := slices.BinarySearchFunc(r.members, s, byName)
+	r.members = slices.Insert(r.members, i, s)
+}
+
+// remove takes s out of the members. Its name must not have changed since
+// add: the search goes by name.
+func (r *room) remove(s *session) {
+	i, _ := slices.BinarySearchFunc(r.members, s, byName)
+	for ; i < len(r.members); i++ {
+		if r.members[i] == s {
+			r.members = slices.Delete(r.members, i, i+1)
+			return
+		}
+	}
 }
 
 // message is a stored room message: the data of new_message.
@@ -337,7 +362,7 @@ func appendData(b []byte, data any) []byte {
 // encoded once, here, and the same bytes go into every member's outbox.
 func (srv *server) broadcast(r *room, skip *session, event string, data any) {
 	body := encodeEvent(event, data)
-	for m := range r.members {
+	for _, m := range r.members {
 		if m != skip {
 			m.push(body)
 		}
@@ -371,7 +396,7 @@ func (srv *server) join(s *session, name string, since int64) (*roomJoined, erro
 		}
 		r = srv.room(name)
 		delete(srv.idle, r)
-		r.members[s] = struct{}{}
+		r.add(s)
 		s.rooms[name] = r
 		srv.announce(r, s, "user_joined", userEvent{r.name, s.name})
 	}
@@ -384,7 +409,7 @@ func (srv *server) join(s *session, name string, since int64) (*roomJoined, erro
 func (srv *server) room(name string) *room {
 	r := srv.rooms[name]
 	if r == nil {
-		r = &room{name: name, members: make(map[*session]struct{})}
+		r = &room{name: name}
 		srv.rooms[name] = r
 	}
 	return r
@@ -393,14 +418,11 @@ func (srv *server) room(name string) *room {
 // usernames lists a room's members sorted by their lowercase form, at most
 // cfg.PresenceLimit of them.
 func (srv *server) usernames(r *room) []string {
-	names := make([]string, 0, len(r.members))
-	for m := range r.members {
+	names := make([]string, 0, min(len(r.members), srv.cfg.PresenceLimit))
+	for _, m := range r.members[:cap(names)] {
 		names = append(names, m.name)
 	}
-	slices.SortFunc(names, func(a, b string) int {
-		return cmp.Or(strings.Compare(strings.ToLower(a), strings.ToLower(b)), strings.Compare(a, b))
-	})
-	return names[:min(len(names), srv.cfg.PresenceLimit)]
+	return names
 }
 
 // historySince returns the room's messages with an id above since.
@@ -416,7 +438,7 @@ func historySince(r *room, since int64) []message {
 func (srv *server) leave(s *session, r *room) {
 	srv.stopTyping(s, r)
 	srv.announce(r, s, "user_left", userEvent{r.name, s.name})
-	delete(r.members, s)
+	r.remove(s)
 	delete(s.rooms, r.name)
 	srv.forgetIdle(r)
 }
@@ -787,11 +809,15 @@ func (srv *server) setUsername(s *session, data json.RawMessage) (ackData, error
 	if name == old {
 		return ackData{Username: name}, nil
 	}
-	delete(srv.names, strings.ToLower(old))
-	srv.names[strings.ToLower(name)] = s
-	s.name = name
+	for _, r := range s.rooms {
+		r.remove(s) // while the old name still finds it
+	}
+	delete(srv.names, s.key)
+	s.name, s.key = name, strings.ToLower(name)
+	srv.names[s.key] = s
 	for _, roomName := range slices.Sorted(maps.Keys(s.rooms)) {
 		r := s.rooms[roomName]
+		r.add(s)
 		renamed := struct {
 			Room string `json:"room"`
 			Old  string `json:"old"`

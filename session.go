@@ -32,6 +32,7 @@ type session struct {
 
 	// The chat state of the session, guarded by srv.mu (chat.go).
 	name     string
+	key      string // strings.ToLower(name): names are unique by it
 	rooms    map[string]*room
 	typing   map[string]*time.Timer // room → timer that turns typing off
 	acks     map[int64][]byte       // ack number → the encoded answer
@@ -128,9 +129,9 @@ func (srv *server) openSession(wanted string, t transport) (*session, error) {
 	if err != nil || srv.names[strings.ToLower(name)] != nil {
 		name = srv.guestName()
 	}
-	s.name = name
+	s.name, s.key = name, strings.ToLower(name)
 	srv.sessions[s.sid] = s
-	srv.names[strings.ToLower(name)] = s
+	srv.names[s.key] = s
 	if t != nil {
 		srv.attach(s, t, 0)
 	} else {
@@ -256,7 +257,7 @@ func (srv *server) endSession(s *session, why string) {
 		srv.leave(s, s.rooms[name])
 	}
 	delete(srv.sessions, s.sid)
-	delete(srv.names, strings.ToLower(s.name))
+	delete(srv.names, s.key)
 	s.outboxMu.Lock()
 	if s.transport != nil {
 		s.transport.stop(websocket.StatusNormalClosure, "session ended")
