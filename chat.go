@@ -1020,6 +1020,17 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // Accept has answered (403 for a foreign origin)
 	}
+	// The HTTP part is over. The connection goes on in goroutines of its
+	// own, and this handler returns: net/http's goroutine, with the request
+	// and everything it parsed, is freed. An idle connection is smaller
+	// for it (README, Performance).
+	go srv.serveConn(conn, q.Get("sid"), q.Get("username"), after)
+}
+
+// serveConn attaches the connection to a new or resumed session, starts its
+// writer, and then reads the client's events until the connection ends.
+// The session stays for cfg.Grace after that.
+func (srv *server) serveConn(conn *websocket.Conn, sid, username string, after int64) {
 	if !srv.track() {
 		conn.Close(websocket.StatusGoingAway, "server shutting down")
 		return
@@ -1035,13 +1046,14 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 
 	// Resume the session the client names, or else open a new one.
 	var s *session
-	if sid := q.Get("sid"); sid != "" {
+	var err error
+	if sid != "" {
 		s, err = srv.resumeSession(sid, after, c)
 	}
 	resumed := s != nil
 	if !resumed && err != errShuttingDown {
 		after = 0
-		s, err = srv.openSession(q.Get("username"), c)
+		s, err = srv.openSession(username, c)
 	}
 	switch err {
 	case errShuttingDown:
