@@ -19,14 +19,17 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"net/url"
 	"path"
@@ -1016,7 +1019,7 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	rc.SetReadDeadline(time.Time{})
 	rc.SetWriteDeadline(time.Time{})
 
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: srv.cfg.Origins})
+	conn, err := websocket.Accept(smallReads{w}, r, &websocket.AcceptOptions{OriginPatterns: srv.cfg.Origins})
 	if err != nil {
 		return // Accept has answered (403 for a foreign origin)
 	}
@@ -1026,6 +1029,37 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	// for it (README, Performance).
 	go srv.serveConn(conn, q.Get("sid"), q.Get("username"), after)
 }
+
+// readBuffer is the size of a WebSocket connection's read buffer, in bytes.
+// Client events are small, and a connection keeps its buffers for its whole
+// life: net/http's 4 KiB would be a large part of an idle one.
+const readBuffer = 512
+
+// smallReads is the ResponseWriter that websocket.Accept hijacks: the
+// connection it hands over reads through a readBuffer-sized buffer instead
+// of net/http's own. (The 4 KiB write buffer stays: a batch of events should
+// go out in one system call.)
+type smallReads struct{ http.ResponseWriter }
+
+func (w smallReads) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	// What net/http has read ahead (nothing, unless the client sent its
+	// first frame before it saw our answer) is read first.
+	ahead, _ := brw.Reader.Peek(brw.Reader.Buffered())
+	conn = &readAhead{conn, io.MultiReader(bytes.NewReader(bytes.Clone(ahead)), conn)}
+	return conn, bufio.NewReadWriter(bufio.NewReaderSize(conn, readBuffer), brw.Writer), nil
+}
+
+// readAhead is a connection whose first bytes were already read off it.
+type readAhead struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *readAhead) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // serveConn attaches the connection to a new or resumed session, starts its
 // writer, and then reads the client's events until the connection ends.
@@ -1104,7 +1138,6 @@ func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, afte
 	defer c.writeDeadline.Stop()
 
 	err := c.write(welcome)
-	var buf []byte
 	var wrote time.Time
 	for err == nil {
 		c.pace(ctx, s.srv, wrote)
@@ -1112,15 +1145,22 @@ func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, afte
 			err = context.Cause(ctx)
 			break
 		}
+		buf := writeBuffers.Get().(*[]byte)
 		var last int64
-		buf, last = s.appendEvents(buf[:0], after, false)
-		if last > after {
-			if err = c.write(buf); err == nil {
+		*buf, last = s.appendEvents((*buf)[:0], after, false)
+		waiting := last > after
+		if waiting {
+			if err = c.write(*buf); err == nil {
 				after = last
 				s.markDelivered(c, last)
 				wrote = time.Now()
 			}
-			continue
+		}
+		if cap(*buf) <= 64<<10 { // an outsize one goes to the garbage collector
+			writeBuffers.Put(buf)
+		}
+		if waiting {
+			continue // more may have come meanwhile
 		}
 		select {
 		case <-c.pending:
@@ -1138,6 +1178,11 @@ func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, afte
 		c.conn.CloseNow() // the peer is gone or broken: no handshake to wait for
 	}
 }
+
+// writeBuffers are the buffers that writers build their messages in. A
+// writer takes one for each write and gives it back, so that an idle
+// connection holds none.
+var writeBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
 // pace waits until the connection may write again, writeBudget allowing:
 // events that arrive meanwhile go out together in the next write.
