@@ -27,14 +27,7 @@ func FuzzEnvelope(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
-	cfg := testConfig()
-	cfg.Rate, cfg.Burst = 1e9, 1e9
-	srv := newServer(cfg)
-	f.Cleanup(func() { srv.close(context.Background()) })
-	s, err := srv.openSession("fuzz", nil)
-	if err != nil {
-		f.Fatal(err)
-	}
+	srv, s := fuzzSession(f)
 	var seen int64
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		srv.handleMessage(s, msg)
@@ -67,14 +60,7 @@ func FuzzPollBody(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
-	cfg := testConfig()
-	cfg.Rate, cfg.Burst = 1e9, 1e9
-	srv := newServer(cfg)
-	f.Cleanup(func() { srv.close(context.Background()) })
-	s, err := srv.openSession("fuzz", nil)
-	if err != nil {
-		f.Fatal(err)
-	}
+	srv, s := fuzzSession(f)
 	var seen int64
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req := httptest.NewRequest("POST", "/poll?sid="+s.sid, strings.NewReader(string(body)))
@@ -97,4 +83,18 @@ func FuzzPollBody(f *testing.F) {
 		seen = last
 		s.markDelivered(nil, last)
 	})
+}
+
+// fuzzSession starts a server with no rate limit to speak of, and one
+// session on it with no transport: the fuzz targets read its outbox.
+func fuzzSession(f *testing.F) (*server, *session) {
+	cfg := testConfig()
+	cfg.Rate, cfg.Burst = 1e9, 1e9
+	srv := newServer(cfg)
+	f.Cleanup(func() { srv.close(context.Background()) })
+	s, err := srv.openSession("fuzz", nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return srv, s
 }

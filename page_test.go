@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -21,23 +20,11 @@ import (
 // form that posts a message without JavaScript. The page's JavaScript is
 // tested in a real browser by e2e/.
 
-// pageServer starts a server with cfg changed by edit, and closes it when
-// the test ends.
+// pageServer starts a server with cfg changed by edit (startServer, in
+// chat_test.go), and closes it when the test ends.
 func pageServer(t *testing.T, edit func(*config)) *httptest.Server {
 	t.Helper()
-	cfg := defaultConfig()
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	if edit != nil {
-		edit(&cfg)
-	}
-	srv := newServer(cfg)
-	ts := httptest.NewServer(srv)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.close(ctx)
-		ts.Close()
-	})
+	_, ts := startServer(t, edit)
 	return ts
 }
 
