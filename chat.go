@@ -34,6 +34,7 @@ import (
 	"net/url"
 	"path"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -97,8 +98,9 @@ const (
 	defaultRoomName = "general"
 )
 
-// WebSocket timing. A ping must be answered within pongWait, which is shorter
-// than the ping interval, so at most one ping is ever outstanding.
+// WebSocket timing. A ping must be answered within pongWait (with the
+// default cfg.PingEvery of 30 s, one ping is answered or has failed before
+// the next).
 const (
 	writeWait = 10 * time.Second // one write of a batch of events
 	pongWait  = 10 * time.Second
@@ -109,11 +111,18 @@ const (
 // core about 100,000 of them a second is all there is: past that, more
 // connections mean slower ones. So a connection that has just written waits
 // wsConns/writeBudget before its next write (17 ms with 1,000 connections,
-// 1.7 ms with 100), and that write carries every event of the wait. An idle
-// connection writes its first event at once. See wsConn.pace. (Measured with
-// bench/: at 1,000 clients and 500,000 deliveries a second this took the p99
-// latency from 324 ms to 43 ms and the server from 98% of a core to 73%.)
-const writeBudget = 60000
+// 1.7 ms with 100), never more than maxPace, and that write carries every
+// event of the wait. A connection that has not written for that long
+// writes at once. See wsConn.pace. (Measured with bench/, README,
+// Performance: at 1,000 clients and 500,000 deliveries a second, p99 went
+// from 324 ms to 44-64 ms and the server from 98% of a core to about 80%.)
+//
+// It counts every open connection, busy or not: with many idle ones, a
+// burst to a few active ones waits up to maxPace, so that is kept short.
+const (
+	writeBudget = 60000
+	maxPace     = 20 * time.Millisecond
+)
 
 // server is the chat: an http.Handler holding every session and room.
 // newServer builds it; close ends it.
@@ -127,7 +136,7 @@ type server struct {
 	// close cancels it with a closeReason: "going away".
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
-	conns   sync.WaitGroup // WebSocket handlers and waiting long-polls
+	conns   sync.WaitGroup // WebSocket connections (serveConn) and waiting long-polls
 	wsConns atomic.Int64   // open WebSockets, for wsConn.pace
 
 	// mu guards the whole chat state: the maps below and every session's
@@ -365,12 +374,17 @@ func encodeAck(ack int64, data ackData) []byte {
 	return appendData(b, data)
 }
 
+// appendData appends data as JSON, and the start of the seq field. Text is
+// not HTML-escaped (json.Marshal would make each '<' six bytes): it is
+// data, and the page shows it with textContent.
 func appendData(b []byte, data any) []byte {
-	d, err := json.Marshal(data)
-	if err != nil {
+	buf := bytes.NewBuffer(b)
+	enc := json.NewEncoder(buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(data); err != nil {
 		panic(err) // our own types always encode
 	}
-	b = append(b, d...)
+	b = bytes.TrimSuffix(buf.Bytes(), []byte("\n")) // Encode ends with a newline
 	return append(b, `,"seq":`...)
 }
 
@@ -443,9 +457,7 @@ func (srv *server) usernames(r *room) []string {
 
 // historySince returns the room's messages with an id above since.
 func historySince(r *room, since int64) []message {
-	i, _ := slices.BinarySearchFunc(r.history, since+1, func(m message, id int64) int {
-		return cmp.Compare(m.ID, id)
-	})
+	i := sort.Search(len(r.history), func(i int) bool { return r.history[i].ID > since })
 	return append([]message{}, r.history[i:]...)
 }
 
@@ -554,15 +566,16 @@ func splitEnvelopes(msg []byte) ([]json.RawMessage, *chatError) {
 // even when the rest is bad, so that the failure can be answered by ack.
 func decodeEnvelope(raw json.RawMessage) (envelope, int64, error) {
 	var env envelope
-	err := json.Unmarshal(raw, &env)
-	// Data and Ack take any JSON, so the only type error left is an event
-	// name that is not a string; Unmarshal still fills the other fields,
-	// and the ack number can answer the failure.
-	var typeErr *json.UnmarshalTypeError
-	badName := errors.As(err, &typeErr)
-	if err != nil && !badName {
+	if !json.Valid(raw) {
+		return env, 0, badRequest("the message is not valid JSON")
+	}
+	if raw[0] != '{' {
 		return env, 0, badRequest("an event must be a JSON object with an \"event\" name")
 	}
+	// Data and Ack take any JSON, so in an object the only type error left
+	// is an event name that is not a string; Unmarshal still fills the
+	// other fields, and the ack number can answer the failure.
+	badName := json.Unmarshal(raw, &env) != nil
 	var ack int64
 	if len(env.Ack) > 0 && string(env.Ack) != "null" {
 		n, err := strconv.ParseInt(string(env.Ack), 10, 64)
@@ -616,17 +629,15 @@ var events = map[string]func(srv *server, s *session, data json.RawMessage) (ack
 }
 
 // handleMessage applies every envelope of one WebSocket message, in order:
-// a bad one gets its error and the others are still applied. It reports
-// false once the session has ended.
-func (srv *server) handleMessage(s *session, msg []byte) bool {
+// a bad one gets its error and the others are still applied. before runs
+// ahead of each envelope. It reports false once the session has ended.
+func (srv *server) handleMessage(s *session, msg []byte, before func()) bool {
 	list, err := splitEnvelopes(msg)
 	if err != nil {
-		srv.mu.Lock()
-		defer srv.unlock()
-		s.push(encodeAnswer("", 0, ackData{}, err))
-		return !s.ended
+		list = []json.RawMessage{msg} // handle answers it: bad_request
 	}
 	for _, raw := range list {
+		before()
 		if !srv.handle(s, raw) {
 			return false
 		}
@@ -984,11 +995,12 @@ type closeReason struct {
 
 func (c closeReason) Error() string { return fmt.Sprintf("close %d: %s", c.code, c.reason) }
 
-// wsConn is one WebSocket connection attached to a session. The handler
-// goroutine reads; writeLoop is the only goroutine that writes to conn.
+// wsConn is one WebSocket connection attached to a session. serveConn's
+// goroutine reads; writeLoop is the only goroutine that writes messages.
 type wsConn struct {
 	conn    *websocket.Conn
 	pending wakeup // "the outbox has events"
+	written wakeup // "the writer has written": for catchUp
 	cancel  context.CancelCauseFunc
 	// writeDeadline drops the connection when one write takes longer than
 	// writeWait. One timer, reset for each write, costs less than a
@@ -1003,9 +1015,8 @@ func (c *wsConn) stop(code websocket.StatusCode, reason string) {
 	c.cancel(closeReason{code, reason})
 }
 
-// serveWebSocket upgrades the request, attaches the connection to a new or
-// resumed session, and then reads the client's events until the connection
-// ends. The session stays for cfg.Grace after that.
+// serveWebSocket is GET /ws: it upgrades the request to a WebSocket and
+// hands the connection to serveConn.
 func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	after, err := parseSeq(q.Get("after"))
@@ -1013,12 +1024,6 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "after must be a seq number", http.StatusBadRequest)
 		return
 	}
-	// net/http's read and write timeouts stay on a hijacked connection;
-	// a WebSocket lives longer than any of them.
-	rc := http.NewResponseController(w)
-	rc.SetReadDeadline(time.Time{})
-	rc.SetWriteDeadline(time.Time{})
-
 	conn, err := websocket.Accept(smallReads{w}, r, &websocket.AcceptOptions{OriginPatterns: srv.cfg.Origins})
 	if err != nil {
 		return // Accept has answered (403 for a foreign origin)
@@ -1076,7 +1081,7 @@ func (srv *server) serveConn(conn *websocket.Conn, sid, username string, after i
 
 	ctx, cancel := context.WithCancelCause(srv.ctx)
 	defer cancel(nil)
-	c := &wsConn{conn: conn, pending: make(wakeup, 1), cancel: cancel}
+	c := &wsConn{conn: conn, pending: make(wakeup, 1), written: make(wakeup, 1), cancel: cancel}
 
 	// Resume the session the client names, or else open a new one.
 	var s *session
@@ -1119,21 +1124,24 @@ func (srv *server) serveConn(conn *websocket.Conn, sid, username string, after i
 			cancel(err)
 			break
 		}
-		if !srv.handleMessage(s, msg) {
+		if !srv.handleMessage(s, msg, func() { c.catchUp(ctx, s) }) {
 			break // the session has ended: the writer is closing
 		}
 	}
 	<-done
 }
 
-// writeLoop is the only goroutine that writes to the connection. It sends
-// welcome, then every event after `after`, batching all the events that are
-// waiting into one message; it pings every cfg.PingEvery (and waits for the
-// pong, at most pongWait: a live client answers at once). When ctx ends it
-// closes the connection with the code and reason of ctx's cause.
+// writeLoop is the only goroutine that writes messages to the connection.
+// It sends welcome, then every event after `after`, batching all the events
+// that are waiting into one message (pace says when). Every cfg.PingEvery it
+// starts a ping, in a goroutine of its own that waits for the pong, and
+// waits for that goroutine before it returns. When ctx ends it closes the
+// connection with the code and reason of ctx's cause.
 func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, after int64) {
 	ping := time.NewTicker(s.srv.cfg.PingEvery)
 	defer ping.Stop()
+	var pings sync.WaitGroup
+	defer pings.Wait() // after the close below, which ends a waiting ping
 	c.writeDeadline = time.AfterFunc(writeWait, func() { c.conn.CloseNow() })
 	defer c.writeDeadline.Stop()
 
@@ -1154,6 +1162,7 @@ func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, afte
 				after = last
 				s.markDelivered(c, last)
 				wrote = time.Now()
+				c.written.wake()
 			}
 		}
 		if cap(*buf) <= 64<<10 { // an outsize one goes to the garbage collector
@@ -1165,9 +1174,7 @@ func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, afte
 		select {
 		case <-c.pending:
 		case <-ping.C:
-			pingCtx, cancel := context.WithTimeout(context.Background(), pongWait)
-			err = c.conn.Ping(pingCtx)
-			cancel()
+			pings.Go(c.ping) // waits for the pong: not here, where events would wait
 		case <-ctx.Done():
 		}
 	}
@@ -1187,7 +1194,7 @@ var writeBuffers = sync.Pool{New: func() any { return new([]byte) }}
 // pace waits until the connection may write again, writeBudget allowing:
 // events that arrive meanwhile go out together in the next write.
 func (c *wsConn) pace(ctx context.Context, srv *server, wrote time.Time) {
-	wait := time.Duration(srv.wsConns.Load())*time.Second/writeBudget - time.Since(wrote)
+	wait := min(time.Duration(srv.wsConns.Load())*time.Second/writeBudget, maxPace) - time.Since(wrote)
 	if wait <= 0 {
 		return
 	}
@@ -1199,6 +1206,34 @@ func (c *wsConn) pace(ctx context.Context, srv *server, wrote time.Time) {
 	select {
 	case <-c.paused.C:
 	case <-ctx.Done():
+	}
+}
+
+// catchUp holds the reader back while the writer is more than half an outbox
+// behind: a client that sends a long batch of events (each answered, or each
+// refused by the rate limit and answered) must not fall behind on its own
+// answers and be dropped as too slow. Like TCP's flow control, the client
+// is slowed to the pace at which it reads. Bounded by writeWait: a client
+// that does not read at all is the slow-reader rule's business.
+func (c *wsConn) catchUp(ctx context.Context, s *session) {
+	deadline := time.Now().Add(writeWait)
+	for s.unsent() > int64(s.srv.cfg.Outbox/2) && time.Now().Before(deadline) {
+		select {
+		case <-c.written:
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Until(deadline)):
+		}
+	}
+}
+
+// ping sends a ping and waits for the pong, at most pongWait (a live client
+// answers at once); a client that does not answer is dropped.
+func (c *wsConn) ping() {
+	ctx, cancel := context.WithTimeout(context.Background(), pongWait)
+	defer cancel()
+	if err := c.conn.Ping(ctx); err != nil {
+		c.conn.CloseNow()
 	}
 }
 

@@ -30,7 +30,7 @@ func FuzzEnvelope(f *testing.F) {
 	srv, s := fuzzSession(f)
 	var seen int64
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		srv.handleMessage(s, msg)
+		srv.handleMessage(s, msg, func() {})
 		out, last := s.appendEvents(nil, seen, true)
 		var events []event
 		if err := json.Unmarshal(out, &events); err != nil {

@@ -79,7 +79,10 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, errUnknownSession)
 		return
 	}
-	defer srv.keepAlive(s) // a request in progress, whatever its answer
+	// A request in progress keeps the session, whatever its answer: the
+	// grace period starts again when it begins and when it ends.
+	srv.keepAlive(s)
+	defer srv.keepAlive(s)
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPollBody))
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
@@ -98,9 +101,15 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 		if srv.handle(s, raw) {
 			continue
 		}
-		// The session ended meanwhile (it fell behind, say). What was applied
-		// stays applied; the next GET will tell the client it is gone.
-		if i == 0 {
+		// The session ended meanwhile (it fell behind, say), or the server
+		// is shutting down. What was applied stays applied; the next GET
+		// tells the client where it stands.
+		switch {
+		case i > 0:
+		case srv.ctx.Err() != nil:
+			writeError(w, http.StatusServiceUnavailable, errShuttingDown)
+			return
+		default:
 			writeError(w, http.StatusNotFound, errUnknownSession)
 			return
 		}

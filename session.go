@@ -330,6 +330,13 @@ func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int
 	return buf, after + int64(n)
 }
 
+// unsent is how many events wait for the transport.
+func (s *session) unsent() int64 {
+	s.outboxMu.Lock()
+	defer s.outboxMu.Unlock()
+	return s.lastSeq - s.delivered
+}
+
 // markDelivered records that transport t has sent every event up to seq,
 // unless t has been replaced meanwhile.
 func (s *session) markDelivered(t transport, seq int64) {

@@ -925,3 +925,35 @@ func TestCursorAhead(t *testing.T) {
 	}
 	alice.call("echo_message", "still alive")
 }
+
+// TestLongBatchIsNotSlow: one message of 300 events, most of them refused by
+// the rate limit and each answered, is more answers than the outbox holds.
+// The reader waits for the writer instead of dropping the client.
+func TestLongBatchIsNotSlow(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) { c.Outbox = 64; c.Rate = 0.001 })
+	alice := joined(t, ts, "alice")
+	batch := "[" + strings.TrimSuffix(strings.Repeat(`{"event":"typing_stop"},`, 300), ",") + "]"
+	alice.sendRaw(batch)
+	for i := range 300 - 40 {
+		if e := alice.expect("error"); !strings.Contains(string(e.Data), "rate_limited") {
+			t.Fatalf("answer %d: got %s", i, e)
+		}
+	}
+	alice.sendRaw(`not json`) // rate-limited too: every envelope counts
+	if e := alice.expect("error"); !strings.Contains(string(e.Data), "rate_limited") {
+		t.Errorf("not JSON: got %s, want rate_limited", e)
+	}
+}
+
+// TestSinceAtTheEnd: a since beyond every id gives nothing (not, by
+// overflow, everything).
+func TestSinceAtTheEnd(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	alice.call("send_message", map[string]any{"text": "x"})
+	if _, body := httpGet(t, ts.URL+"/messages?since=9223372036854775807"); strings.TrimSpace(body) != "[]" {
+		t.Errorf("got %s, want []", body)
+	}
+}
