@@ -44,9 +44,10 @@ type session struct {
 	// outboxMu guards the outbox and the transport reading it, so that a
 	// transport can send without touching the chat state. Lock order:
 	// srv.mu before outboxMu, never the other way round.
-	outboxMu sync.Mutex
-	outbox   []outEvent // the last cfg.Outbox events, by seq
-	lastSeq  int64      // seq of the newest event; 0 before the first
+	outboxMu    sync.Mutex
+	outbox      []outEvent // the last cfg.Outbox events, by seq
+	outboxBytes int        // the bytes of their bodies, at most maxOutboxBytes
+	lastSeq     int64      // seq of the newest event; 0 before the first
 	// delivered: the client has every event up to this seq, or at least
 	// it is on its way. For a WebSocket, what the writer has written; for
 	// a long-poll, the `after` of the latest GET. The slow-reader rule
@@ -84,6 +85,12 @@ func (c wakeup) wake() {
 	default: // already signalled: the transport will see every event anyway
 	}
 }
+
+// maxOutboxBytes bounds the bytes an outbox keeps, whatever the number of
+// events: a room_joined carries a room's history, and a client joining a
+// full room again and again would otherwise pin 256 of them. It holds a
+// few full histories (100 messages of 2,000 characters are 200-800 KiB).
+const maxOutboxBytes = 4 << 20
 
 // statusReplaced closes a transport that another one (a new connection with
 // the same sid) has taken over. A client must not resume that sid again.
@@ -284,10 +291,15 @@ func (s *session) push(body []byte) {
 	}
 	s.lastSeq++
 	s.outbox = append(s.outbox, outEvent{s.lastSeq, body})
-	if keep := s.srv.cfg.Outbox; len(s.outbox) > keep {
-		s.outbox = s.outbox[len(s.outbox)-keep:]
+	s.outboxBytes += len(body)
+	// Keep the last cfg.Outbox events, and of those no more than
+	// maxOutboxBytes: past that, the oldest sent ones go even if there are
+	// fewer (a resume from before them then starts a new session).
+	for len(s.outbox) > s.srv.cfg.Outbox || s.outboxBytes > maxOutboxBytes && s.outbox[0].seq <= s.delivered {
+		s.outboxBytes -= len(s.outbox[0].body)
+		s.outbox = s.outbox[1:]
 	}
-	if s.lastSeq-s.delivered > int64(s.srv.cfg.Outbox) {
+	if s.lastSeq-s.delivered > int64(s.srv.cfg.Outbox) || s.outboxBytes > maxOutboxBytes {
 		s.slow = true
 		if s.transport != nil {
 			s.transport.stop(websocket.StatusPolicyViolation, "too slow")

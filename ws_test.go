@@ -957,3 +957,36 @@ func TestSinceAtTheEnd(t *testing.T) {
 		t.Errorf("got %s, want []", body)
 	}
 }
+
+// TestOutboxBytesBounded: an outbox keeps at most maxOutboxBytes, however
+// few its events. A client that joins a full room again and again (each
+// room_joined and its ack carry the whole history) does not pin them all.
+func TestOutboxBytesBounded(t *testing.T) {
+	t.Parallel()
+	srv, ts := startServer(t, func(c *config) { c.Rate, c.Burst = 1e6, 1e6 })
+	alice := joined(t, ts, "alice")
+	text := strings.Repeat("<", maxText)
+	for range 100 {
+		alice.emit("send_message", map[string]any{"text": text}, 0)
+		alice.expect("new_message")
+	}
+	before := alice.seq()
+	for range 30 {
+		alice.call("join_room", map[string]any{"room": "general"})
+	}
+	srv.mu.Lock()
+	s := srv.sessions[alice.sid]
+	srv.mu.Unlock()
+	s.outboxMu.Lock()
+	kept, bytes := len(s.outbox), s.outboxBytes
+	s.outboxMu.Unlock()
+	if bytes > maxOutboxBytes || kept >= 100 {
+		t.Errorf("outbox keeps %d events, %d bytes; want at most %d bytes", kept, bytes, maxOutboxBytes)
+	}
+	// What was let go cannot be resumed from: a new session, not a gap.
+	alice.close()
+	back := dialQuery(t, ts, url.Values{"sid": {alice.sid}, "after": {fmt.Sprint(before)}}, 0)
+	if !strings.Contains(string(back.welcome.Data), `"resumed":false`) {
+		t.Errorf("resume from before the trimmed events: got %s, want resumed false", back.welcome)
+	}
+}
