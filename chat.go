@@ -1104,9 +1104,7 @@ func (srv *server) serveConn(conn *websocket.Conn, sid, username string, after i
 	}
 	defer srv.detach(s, c)
 
-	srv.mu.Lock()
-	welcome := encodeWelcome(s.sid, s.name, resumed)
-	srv.mu.Unlock()
+	welcome := srv.encodeWelcome(s, resumed)
 
 	done := make(chan struct{})
 	go func() {
@@ -1247,8 +1245,12 @@ func (c *wsConn) write(msg []byte) error {
 	return c.conn.Write(context.Background(), websocket.MessageText, msg)
 }
 
-// encodeWelcome encodes the welcome event, the only one without a seq.
-func encodeWelcome(sid, username string, resumed bool) []byte {
+// encodeWelcome encodes the welcome event of session s, the only event
+// without a seq.
+func (srv *server) encodeWelcome(s *session, resumed bool) []byte {
+	srv.mu.Lock() // for s.name
+	sid, username := s.sid, s.name
+	srv.mu.Unlock()
 	b, _ := json.Marshal(struct {
 		Event string `json:"event"`
 		Data  any    `json:"data"`

@@ -176,19 +176,7 @@ func (c *client) read() {
 			c.closeErr = err
 			return
 		}
-		var list []event
-		if strings.HasPrefix(string(msg), "[") {
-			if err := json.Unmarshal(msg, &list); err != nil {
-				c.t.Errorf("server sent bad JSON %q: %v", msg, err)
-			}
-		} else {
-			var e event
-			if err := json.Unmarshal(msg, &e); err != nil {
-				c.t.Errorf("server sent bad JSON %q: %v", msg, err)
-			}
-			list = []event{e}
-		}
-		for _, e := range list {
+		for _, e := range parseEvents(c.t, msg) {
 			if e.Event != "welcome" {
 				c.mu.Lock()
 				if e.Seq != c.lastSeq+1 {
@@ -200,6 +188,23 @@ func (c *client) read() {
 			c.events <- e
 		}
 	}
+}
+
+// parseEvents splits a server message: one envelope, or a JSON array of
+// them. Bad JSON fails the test.
+func parseEvents(t testing.TB, msg []byte) []event {
+	var list []event
+	if len(msg) > 0 && msg[0] == '[' {
+		if err := json.Unmarshal(msg, &list); err != nil {
+			t.Errorf("bad JSON from the server: %q", msg)
+		}
+		return list
+	}
+	var e event
+	if err := json.Unmarshal(msg, &e); err != nil {
+		t.Errorf("bad JSON from the server: %q", msg)
+	}
+	return []event{e}
 }
 
 // close closes the connection (if still open) and waits for the reader.

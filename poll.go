@@ -67,10 +67,7 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusServiceUnavailable, err.(*chatError))
 			return
 		}
-		srv.mu.Lock()
-		welcome := encodeWelcome(s.sid, s.name, false)
-		srv.mu.Unlock()
-		writeRawJSON(w, http.StatusOK, welcome)
+		writeRawJSON(w, http.StatusOK, srv.encodeWelcome(s, false))
 		return
 	}
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -614,20 +613,4 @@ func (c *soakClient) waitPause(ctx context.Context) {
 		case <-time.After(d):
 		}
 	}
-}
-
-// parseEvents splits a server message (one envelope or an array).
-func parseEvents(t *testing.T, msg []byte) []event {
-	var list []event
-	if len(msg) > 0 && msg[0] == '[' {
-		if err := json.Unmarshal(msg, &list); err != nil {
-			t.Errorf("bad JSON from the server: %q", msg)
-		}
-		return list
-	}
-	var e event
-	if err := json.Unmarshal(msg, &e); err != nil && !errors.Is(err, io.EOF) {
-		t.Errorf("bad JSON from the server: %q", msg)
-	}
-	return []event{e}
 }

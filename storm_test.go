@@ -51,7 +51,7 @@ func TestReconnectStorm(t *testing.T) {
 
 	cs := make([]*stormClient, clients)
 	for i := range cs {
-		cs[i] = &stormClient{base: base, name: fmt.Sprint("storm", i)}
+		cs[i] = &stormClient{t: t, base: base, name: fmt.Sprint("storm", i)}
 		if err := cs[i].connect(ctx); err != nil {
 			t.Fatalf("client %d: %v", i, err)
 		}
@@ -117,6 +117,7 @@ func TestReconnectStorm(t *testing.T) {
 
 // stormClient is a minimal WebSocket client that resumes as the page does.
 type stormClient struct {
+	t          *testing.T
 	base, name string
 	sid        string
 	after      atomic.Int64
@@ -166,7 +167,7 @@ func (c *stormClient) connect(ctx context.Context) error {
 				}
 				return
 			}
-			for _, e := range parseStormEvents(msg) {
+			for _, e := range parseEvents(c.t, msg) {
 				if e.Seq != c.after.Load()+1 {
 					err := fmt.Errorf("seq %d after %d", e.Seq, c.after.Load())
 					c.seqErr.Store(&err)
@@ -197,17 +198,6 @@ func (c *stormClient) reconnect(ctx context.Context) {
 			return
 		}
 	}
-}
-
-func parseStormEvents(msg []byte) []event {
-	var list []event
-	if len(msg) > 0 && msg[0] == '[' {
-		json.Unmarshal(msg, &list)
-		return list
-	}
-	var e event
-	json.Unmarshal(msg, &e)
-	return []event{e}
 }
 
 // waitUntil polls cond until it holds, failing the test after d.
