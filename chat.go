@@ -26,7 +26,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -307,6 +306,15 @@ type room struct {
 	// then costs a binary search and a copy, not a sort of the whole room.
 	members []*session
 	history []message
+
+	// The names that room_joined lists (the first `listed` members, sorted),
+	// and the same encoded as the end of a room_joined event: `[…]},"seq":`.
+	// Every joiner of a crowd gets the same 200 names, 3 KiB that each of
+	// their outboxes keeps: they are encoded once and shared, until a
+	// change among them (changed) drops both.
+	listed int // cfg.PresenceLimit
+	names  []string
+	users  []byte
 }
 
 // byName orders sessions by their lowercase name, then by name.
@@ -318,6 +326,7 @@ func byName(a, b *session) int {
 func (r *room) add(s *session) {
 	i, _ := slices.BinarySearchFunc(r.members, s, byName)
 	r.members = slices.Insert(r.members, i, s)
+	r.changed(i)
 }
 
 // remove takes s out of the members. Its name must not have changed since
@@ -327,9 +336,29 @@ func (r *room) remove(s *session) {
 	for ; i < len(r.members); i++ {
 		if r.members[i] == s {
 			r.members = slices.Delete(r.members, i, i+1)
+			r.changed(i)
 			return
 		}
 	}
+}
+
+// changed drops the names kept for room_joined if member i was among them.
+func (r *room) changed(i int) {
+	if i < r.listed {
+		r.names, r.users = nil, nil
+	}
+}
+
+// usernames lists the room's members sorted by their lowercase form, at
+// most r.listed of them. The list is shared: it must not be changed.
+func (r *room) usernames() []string {
+	if r.names == nil {
+		r.names = make([]string, 0, min(len(r.members), r.listed))
+		for _, m := range r.members[:cap(r.names)] {
+			r.names = append(r.names, m.name)
+		}
+	}
+	return r.names
 }
 
 // message is a stored room message: the data of new_message.
@@ -358,35 +387,37 @@ func timestamp() string {
 // encodeEvent encodes an event without its seq: `{"event":…,"data":…,"seq":`.
 // Each recipient's writer appends its own seq (session.appendEvents).
 func encodeEvent(event string, data any) []byte {
-	b := make([]byte, 0, 128)
-	b = append(b, `{"event":"`...)
-	b = append(b, event...)
-	b = append(b, `","data":`...)
-	return appendData(b, data)
+	return encode(`{"event":"`+event+`","data":`, data, `,"seq":`)
 }
 
 // encodeAck encodes an ack event without its seq, like encodeEvent.
 func encodeAck(ack int64, data ackData) []byte {
-	b := make([]byte, 0, 128)
-	b = append(b, `{"event":"ack","ack":`...)
-	b = strconv.AppendInt(b, ack, 10)
-	b = append(b, `,"data":`...)
-	return appendData(b, data)
+	return encode(`{"event":"ack","ack":`+strconv.FormatInt(ack, 10)+`,"data":`, data, `,"seq":`)
 }
 
-// appendData appends data as JSON, and the start of the seq field. Text is
-// not HTML-escaped (json.Marshal would make each '<' six bytes): it is
-// data, and the page shows it with textContent.
-func appendData(b []byte, data any) []byte {
-	buf := bytes.NewBuffer(b)
+// encode returns head, v as JSON, and tail, in a new slice of just that
+// size: an event may stay in outboxes for long, so it keeps no spare
+// capacity. Text is not HTML-escaped (json.Marshal would make each '<' six
+// bytes): it is data, and the page shows it with textContent.
+func encode(head string, v any, tail string) []byte {
+	buf := encodeBuffers.Get().(*bytes.Buffer)
+	buf.Reset()
 	enc := json.NewEncoder(buf)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(data); err != nil {
+	if err := enc.Encode(v); err != nil {
 		panic(err) // our own types always encode
 	}
-	b = bytes.TrimSuffix(buf.Bytes(), []byte("\n")) // Encode ends with a newline
-	return append(b, `,"seq":`...)
+	js := bytes.TrimSuffix(buf.Bytes(), []byte("\n")) // Encode ends with a newline
+	b := make([]byte, 0, len(head)+len(js)+len(tail))
+	b = append(append(append(b, head...), js...), tail...)
+	if buf.Cap() <= 64<<10 { // an outsize one goes to the garbage collector
+		encodeBuffers.Put(buf)
+	}
+	return b
 }
+
+// encodeBuffers are encode's scratch buffers.
+var encodeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // broadcast sends one event to every member of r except skip. The event is
 // encoded once, here, and the same bytes go into every member's outbox.
@@ -430,29 +461,30 @@ func (srv *server) join(s *session, name string, since int64) (*roomJoined, erro
 		s.rooms[name] = r
 		srv.announce(r, s, "user_joined", userEvent{r.name, s.name})
 	}
-	joined := &roomJoined{Room: r.name, Users: srv.usernames(r), Count: len(r.members), History: historySince(r, since)}
-	s.push(encodeEvent("room_joined", joined))
+	joined := &roomJoined{Room: r.name, Users: r.usernames(), Count: len(r.members), History: historySince(r, since)}
+	s.pushShared(encodeRoomJoined(r, joined))
 	return joined, nil
+}
+
+// encodeRoomJoined encodes room_joined in two parts: the joiner's own (the
+// room, count and history), and the users list, which is r.users, shared.
+// (Room names need no escaping in JSON: letters, digits, '-', '_', '.'.)
+func encodeRoomJoined(r *room, j *roomJoined) (own, shared []byte) {
+	if r.users == nil {
+		r.users = encode("", j.Users, `},"seq":`)
+	}
+	head := `{"event":"room_joined","data":{"room":"` + j.Room + `","count":` + strconv.Itoa(j.Count) + `,"history":`
+	return encode(head, j.History, `,"users":`), r.users
 }
 
 // room returns the room called name, creating it if needed. srv.mu is held.
 func (srv *server) room(name string) *room {
 	r := srv.rooms[name]
 	if r == nil {
-		r = &room{name: name}
+		r = &room{name: name, listed: srv.cfg.PresenceLimit}
 		srv.rooms[name] = r
 	}
 	return r
-}
-
-// usernames lists a room's members sorted by their lowercase form, at most
-// cfg.PresenceLimit of them.
-func (srv *server) usernames(r *room) []string {
-	names := make([]string, 0, min(len(r.members), srv.cfg.PresenceLimit))
-	for _, m := range r.members[:cap(names)] {
-		names = append(names, m.name)
-	}
-	return names
 }
 
 // historySince returns the room's messages with an id above since.
@@ -996,23 +1028,66 @@ type closeReason struct {
 func (c closeReason) Error() string { return fmt.Sprintf("close %d: %s", c.code, c.reason) }
 
 // wsConn is one WebSocket connection attached to a session. serveConn's
-// goroutine reads; writeLoop is the only goroutine that writes messages.
+// goroutine reads the client's events for as long as the connection lives.
+// A writer (writeLoop) runs only while there is something to send: wake
+// starts one, and it ends when the outbox is drained. So an idle connection
+// is one parked goroutine and a few small structs (README, Performance).
 type wsConn struct {
-	conn    *websocket.Conn
-	pending wakeup // "the outbox has events"
-	written wakeup // "the writer has written": for catchUp
-	cancel  context.CancelCauseFunc
-	// writeDeadline drops the connection when one write takes longer than
-	// writeWait. One timer, reset for each write, costs less than a
-	// context with a deadline for each.
-	writeDeadline *time.Timer
-	paused        *time.Timer // for pace; made the first time it is needed
+	conn   *websocket.Conn
+	net    *wsNetConn // under conn: it sends each message in one system call
+	s      *session
+	ctx    context.Context // ends when the connection must close; its cause says why
+	cancel context.CancelCauseFunc
+
+	// mu guards writing and finished. Lock order: a session's outboxMu
+	// (push calls wake with it held) before mu.
+	mu       sync.Mutex
+	writing  bool           // a writer runs (or serveConn has yet to start the first)
+	finished bool           // serveConn is done: no writer or ping starts again
+	running  sync.WaitGroup // writers and pings, which serveConn waits for
+	pending  wakeup         // "the outbox has more": for the running writer
+	written  wakeup         // "the writer has written": for catchUp
+
+	// What writers hand on from one to the next. Only the running writer
+	// touches them (mu orders one writer before the next).
+	welcome []byte    // sent first; nil once it is
+	after   int64     // the seq of the last event written
+	wrote   time.Time // when, for pace
+
+	pinger *time.Timer // the next ping
 }
 
-func (c *wsConn) wake() { c.pending.wake() }
-
 func (c *wsConn) stop(code websocket.StatusCode, reason string) {
-	c.cancel(closeReason{code, reason})
+	c.cancel(closeReason{code, reason}) // a writer closes the connection (serveConn)
+}
+
+// wake makes sure a writer runs: it tells the running one that more has
+// come, or starts one. push calls it for every event.
+func (c *wsConn) wake() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.finished:
+	case c.writing:
+		c.pending.wake()
+	default:
+		c.writing = true
+		c.running.Add(1)
+		go c.writeLoop()
+	}
+}
+
+// rest ends a writer's run, unless more came while it ran.
+func (c *wsConn) rest() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.pending:
+		return false
+	default:
+		c.writing = false
+		return true
+	}
 }
 
 // serveWebSocket is GET /ws: it upgrades the request to a WebSocket and
@@ -1024,64 +1099,117 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "after must be a seq number", http.StatusBadRequest)
 		return
 	}
-	conn, err := websocket.Accept(smallReads{w}, r, &websocket.AcceptOptions{OriginPatterns: srv.cfg.Origins})
+	hj := &smallBuffers{ResponseWriter: w}
+	conn, err := websocket.Accept(hj, r, &websocket.AcceptOptions{OriginPatterns: srv.cfg.Origins})
 	if err != nil {
 		return // Accept has answered (403 for a foreign origin)
 	}
 	// The HTTP part is over. The connection goes on in goroutines of its
-	// own, and this handler returns: net/http's goroutine, with the request
-	// and everything it parsed, is freed. An idle connection is smaller
-	// for it (README, Performance).
-	go srv.serveConn(conn, q.Get("sid"), q.Get("username"), after)
+	// own (serveConn starts them), and this handler returns: net/http's
+	// goroutine, with the request and everything it parsed, is freed. An
+	// idle connection is smaller for it (README, Performance).
+	srv.serveConn(conn, hj.conn, q.Get("sid"), q.Get("username"), after)
 }
 
-// readBuffer is the size of a WebSocket connection's read buffer, in bytes.
-// Client events are small, and a connection keeps its buffers for its whole
-// life: net/http's 4 KiB would be a large part of an idle one.
-const readBuffer = 512
+// The buffers between a WebSocket and the network, in bytes. A connection
+// keeps them for its whole life, and net/http's 4 KiB each would be most
+// of an idle one. Client events are small. Server messages are gathered
+// whole by wsNetConn, so the write buffer only needs to hold a control frame
+// (at most 127 bytes): then a pong or a close, too, is one system call.
+const (
+	readBuffer  = 512
+	writeBuffer = 128
+)
 
-// smallReads is the ResponseWriter that websocket.Accept hijacks: the
-// connection it hands over reads through a readBuffer-sized buffer instead
-// of net/http's own. (The 4 KiB write buffer stays: a batch of events should
-// go out in one system call.)
-type smallReads struct{ http.ResponseWriter }
+// smallBuffers is the ResponseWriter that websocket.Accept hijacks: it hands
+// over the connection with small buffers around it, writing through a
+// wsNetConn.
+type smallBuffers struct {
+	http.ResponseWriter
+	conn *wsNetConn
+}
 
-func (w smallReads) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
-	// What net/http has read ahead (nothing, unless the client sent its
-	// first frame before it saw our answer) is read first.
-	ahead, _ := brw.Reader.Peek(brw.Reader.Buffered())
-	conn = &readAhead{conn, io.MultiReader(bytes.NewReader(bytes.Clone(ahead)), conn)}
-	return conn, bufio.NewReadWriter(bufio.NewReaderSize(conn, readBuffer), brw.Writer), nil
+	// net/http's reader is kept only when it holds bytes it has read ahead:
+	// a client that sent its first frame before it saw our answer.
+	r := brw.Reader
+	if r.Buffered() == 0 {
+		r = bufio.NewReaderSize(conn, readBuffer)
+	}
+	w.conn = &wsNetConn{Conn: conn}
+	return conn, bufio.NewReadWriter(r, bufio.NewWriterSize(w.conn, writeBuffer)), nil
 }
 
-// readAhead is a connection whose first bytes were already read off it.
-type readAhead struct {
+// wsNetConn is what a WebSocket writes to. While the writer gathers
+// (wsConn.write), what coder/websocket writes is appended to a pooled
+// buffer, and send writes it all in one system call: an idle connection
+// holds no write buffer. Other writes (control frames: pongs, pings, the
+// close) go straight to the network, or join the gathered message if they
+// come while it is being written.
+type wsNetConn struct {
 	net.Conn
-	r io.Reader
+
+	mu       sync.Mutex
+	gathered *[]byte // from writeBuffers; nil when not gathering
 }
 
-func (c *readAhead) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *wsNetConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gathered != nil {
+		*c.gathered = append(*c.gathered, p...)
+		return len(p), nil
+	}
+	return c.write(p)
+}
 
-// serveConn attaches the connection to a new or resumed session, starts its
-// writer, and then reads the client's events until the connection ends.
-// The session stays for cfg.Grace after that.
-func (srv *server) serveConn(conn *websocket.Conn, sid, username string, after int64) {
+// write writes p to the network within writeWait, or fails, and then the
+// connection is of no more use. The deadline is the write's own, not the
+// connection's context: a write cut short by a cancelled context would
+// drop the connection without a close frame, and the client would never
+// learn why it was closed.
+func (c *wsNetConn) write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(writeWait))
+	return c.Conn.Write(p)
+}
+
+// gather starts gathering writes.
+func (c *wsNetConn) gather() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gathered = writeBuffers.Get().(*[]byte)
+	*c.gathered = (*c.gathered)[:0]
+}
+
+// send writes what was gathered, in one system call, and stops gathering.
+func (c *wsNetConn) send() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	buf := c.gathered
+	c.gathered = nil
+	_, err := c.write(*buf)
+	putWriteBuffer(buf)
+	return err
+}
+
+// serveConn attaches the connection to a new or resumed session, and starts
+// its reader, its first writer and its pings.
+func (srv *server) serveConn(conn *websocket.Conn, nc *wsNetConn, sid, username string, after int64) {
 	if !srv.track() {
 		conn.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
-	defer srv.conns.Done()
-	srv.wsConns.Add(1)
-	defer srv.wsConns.Add(-1)
 	conn.SetReadLimit(maxFrame)
-
 	ctx, cancel := context.WithCancelCause(srv.ctx)
-	defer cancel(nil)
-	c := &wsConn{conn: conn, pending: make(wakeup, 1), written: make(wakeup, 1), cancel: cancel}
+	c := &wsConn{
+		conn: conn, net: nc, ctx: ctx, cancel: cancel,
+		pending: make(wakeup, 1), written: make(wakeup, 1),
+		writing: true, // no writer may start before welcome is ready: serveConn starts the first
+	}
 
 	// Resume the session the client names, or else open a new one.
 	var s *session
@@ -1094,88 +1222,108 @@ func (srv *server) serveConn(conn *websocket.Conn, sid, username string, after i
 		after = 0
 		s, err = srv.openSession(username, c)
 	}
-	switch err {
-	case errShuttingDown:
-		conn.Close(websocket.StatusGoingAway, "server shutting down")
-		return
-	case errServerBusy:
-		conn.Close(websocket.StatusTryAgainLater, "server busy")
+	if err != nil {
+		if err == errShuttingDown {
+			conn.Close(websocket.StatusGoingAway, "server shutting down")
+		} else { // errServerBusy
+			conn.Close(websocket.StatusTryAgainLater, "server busy")
+		}
+		cancel(nil)
+		srv.conns.Done()
 		return
 	}
-	defer srv.detach(s, c)
+	srv.wsConns.Add(1)
 
-	welcome := srv.encodeWelcome(s, resumed)
-
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.writeLoop(ctx, s, welcome, after)
-	}()
-
-	// The reader. It reads with a context that is never cancelled, because
-	// coder/websocket drops the connection without a close frame when a
-	// Read's context ends; the writer closes the connection instead, which
-	// ends this Read.
-	for {
-		_, msg, err := conn.Read(context.Background())
-		if err != nil {
-			cancel(err)
-			break
-		}
-		if !srv.handleMessage(s, msg, func() { c.catchUp(ctx, s) }) {
-			break // the session has ended: the writer is closing
-		}
-	}
-	<-done
+	c.s, c.after, c.welcome = s, after, srv.encodeWelcome(s, resumed)
+	c.running.Add(1)
+	go c.writeLoop()
+	// Whenever ctx ends (the session replaced, too slow or ended, the server
+	// shutting down), a writer runs and closes the connection, which ends
+	// the reader's Read.
+	context.AfterFunc(ctx, c.wake)
+	c.mu.Lock()
+	c.pinger = time.AfterFunc(srv.cfg.PingEvery, c.ping)
+	c.mu.Unlock()
+	go c.read()
 }
 
-// writeLoop is the only goroutine that writes messages to the connection.
-// It sends welcome, then every event after `after`, batching all the events
-// that are waiting into one message (pace says when). Every cfg.PingEvery it
-// starts a ping, in a goroutine of its own that waits for the pong, and
-// waits for that goroutine before it returns. When ctx ends it closes the
-// connection with the code and reason of ctx's cause.
-func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, after int64) {
-	ping := time.NewTicker(s.srv.cfg.PingEvery)
-	defer ping.Stop()
-	var pings sync.WaitGroup
-	defer pings.Wait() // after the close below, which ends a waiting ping
-	c.writeDeadline = time.AfterFunc(writeWait, func() { c.conn.CloseNow() })
-	defer c.writeDeadline.Stop()
+// read is the connection's reader. It reads one message from the client
+// and handles it, and then a fresh goroutine reads the next; when the
+// connection ends, it lets go of it (the session stays for cfg.Grace).
+//
+// Why not a loop: handling an event (JSON, reflection) grows a goroutine's
+// stack to several KiB, and a goroutine keeps the stack it grew to. A fresh
+// one waits in Read on 2 KiB, and an idle connection is mostly that
+// goroutine (README, Performance). Clients send little: at the rate limit,
+// a new goroutine 20 times a second.
+//
+// It reads with a context that is never cancelled, because coder/websocket
+// drops the connection without a close frame when a Read's context ends;
+// a writer closes the connection instead.
+func (c *wsConn) read() {
+	srv := c.s.srv
+	_, msg, err := c.conn.Read(context.Background())
+	if err == nil && srv.handleMessage(c.s, msg, c.catchUp) {
+		go c.read()
+		return
+	}
+	// The connection is broken or closed (err), or the session has ended,
+	// which ended ctx too.
+	c.cancel(err)
+	c.finish()
+	srv.detach(c.s, c)
+	srv.wsConns.Add(-1)
+	srv.conns.Done()
+}
 
-	err := c.write(welcome)
-	var wrote time.Time
+// finish is serveConn's last step: a writer closes the connection (if none
+// has), and once it and any ping are done, nothing starts again.
+func (c *wsConn) finish() {
+	c.wake()
+	c.mu.Lock()
+	c.finished = true
+	c.pinger.Stop()
+	c.mu.Unlock()
+	c.running.Wait()
+}
+
+// writeLoop is a writer: while it runs, the only goroutine that writes
+// messages to the connection. It sends the welcome first, then the events
+// after c.after, batching all the events that are waiting into one message
+// (pace says when), and ends when there is nothing more (rest). When ctx
+// ends it closes the connection with the code and reason of ctx's cause,
+// and stays the last writer.
+func (c *wsConn) writeLoop() {
+	defer c.running.Done()
+	var err error
+	if c.welcome != nil {
+		err = c.write(c.welcome)
+		c.welcome = nil
+	}
 	for err == nil {
-		c.pace(ctx, s.srv, wrote)
-		if ctx.Err() != nil { // stopped: replaced, too slow, shutting down
-			err = context.Cause(ctx)
+		c.pace()
+		if c.ctx.Err() != nil { // stopped: replaced, too slow, shutting down
+			err = context.Cause(c.ctx)
 			break
 		}
 		buf := writeBuffers.Get().(*[]byte)
 		var last int64
-		*buf, last = s.appendEvents((*buf)[:0], after, false)
-		waiting := last > after
+		*buf, last = c.s.appendEvents((*buf)[:0], c.after, false)
+		waiting := last > c.after
 		if waiting {
 			if err = c.write(*buf); err == nil {
-				after = last
-				s.markDelivered(c, last)
-				wrote = time.Now()
+				c.after = last
+				c.s.markDelivered(c, last)
+				c.wrote = time.Now()
 				c.written.wake()
 			}
 		}
-		if cap(*buf) <= 64<<10 { // an outsize one goes to the garbage collector
-			writeBuffers.Put(buf)
-		}
-		if waiting {
-			continue // more may have come meanwhile
-		}
-		select {
-		case <-c.pending:
-		case <-ping.C:
-			pings.Go(c.ping) // waits for the pong: not here, where events would wait
-		case <-ctx.Done():
+		putWriteBuffer(buf)
+		if !waiting && c.rest() {
+			return // drained: the next wake starts a writer again
 		}
 	}
+	// c.writing stays true: no writer starts after this one.
 	var reason closeReason
 	if errors.As(err, &reason) {
 		c.conn.Close(reason.code, reason.reason)
@@ -1184,26 +1332,24 @@ func (c *wsConn) writeLoop(ctx context.Context, s *session, welcome []byte, afte
 	}
 }
 
-// writeBuffers are the buffers that writers build their messages in. A
-// writer takes one for each write and gives it back, so that an idle
+// writeBuffers are the buffers that messages are built and gathered in. A
+// writer takes them for each write and gives them back, so that an idle
 // connection holds none.
 var writeBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
+func putWriteBuffer(buf *[]byte) {
+	if cap(*buf) <= 64<<10 { // an outsize one goes to the garbage collector
+		writeBuffers.Put(buf)
+	}
+}
+
 // pace waits until the connection may write again, writeBudget allowing:
-// events that arrive meanwhile go out together in the next write.
-func (c *wsConn) pace(ctx context.Context, srv *server, wrote time.Time) {
-	wait := min(time.Duration(srv.wsConns.Load())*time.Second/writeBudget, maxPace) - time.Since(wrote)
-	if wait <= 0 {
-		return
-	}
-	if c.paused == nil {
-		c.paused = time.NewTimer(wait)
-	} else {
-		c.paused.Reset(wait)
-	}
-	select {
-	case <-c.paused.C:
-	case <-ctx.Done():
+// events that arrive meanwhile go out together in the next write. (A
+// connection stopped meanwhile closes after the wait: at most maxPace.)
+func (c *wsConn) pace() {
+	wait := min(time.Duration(c.s.srv.wsConns.Load())*time.Second/writeBudget, maxPace) - time.Since(c.wrote)
+	if wait > 0 {
+		time.Sleep(wait)
 	}
 }
 
@@ -1213,36 +1359,50 @@ func (c *wsConn) pace(ctx context.Context, srv *server, wrote time.Time) {
 // answers and be dropped as too slow. Like TCP's flow control, the client
 // is slowed to the pace at which it reads. Bounded by writeWait: a client
 // that does not read at all is the slow-reader rule's business.
-func (c *wsConn) catchUp(ctx context.Context, s *session) {
+func (c *wsConn) catchUp() {
 	deadline := time.Now().Add(writeWait)
-	for s.unsent() > int64(s.srv.cfg.Outbox/2) && time.Now().Before(deadline) {
+	for c.s.unsent() > int64(c.s.srv.cfg.Outbox/2) && time.Now().Before(deadline) {
 		select {
 		case <-c.written:
-		case <-ctx.Done():
+		case <-c.ctx.Done():
 			return
 		case <-time.After(time.Until(deadline)):
 		}
 	}
 }
 
-// ping sends a ping and waits for the pong, at most pongWait (a live client
-// answers at once); a client that does not answer is dropped.
+// ping runs every cfg.PingEvery, on its timer's goroutine: it sends a ping
+// and waits for the pong, at most pongWait (a live client answers at once).
+// A client that does not answer is dropped.
 func (c *wsConn) ping() {
+	c.mu.Lock()
+	if c.finished {
+		c.mu.Unlock()
+		return
+	}
+	c.running.Add(1)
+	c.mu.Unlock()
+	defer c.running.Done()
+
 	ctx, cancel := context.WithTimeout(context.Background(), pongWait)
 	defer cancel()
 	if err := c.conn.Ping(ctx); err != nil {
 		c.conn.CloseNow()
+		return
 	}
+	c.mu.Lock()
+	if !c.finished {
+		c.pinger.Reset(c.s.srv.cfg.PingEvery)
+	}
+	c.mu.Unlock()
 }
 
-// write sends one message, within writeWait. Its deadline is its own, not
-// the connection's context: a write cut short by a cancelled context drops
-// the connection without a close frame, and the client would never learn
-// why it was closed.
+// write sends one message: coder/websocket frames it into the gathered
+// buffer, and send writes it, within writeWait.
 func (c *wsConn) write(msg []byte) error {
-	c.writeDeadline.Reset(writeWait)
-	defer c.writeDeadline.Stop()
-	return c.conn.Write(context.Background(), websocket.MessageText, msg)
+	c.net.gather()
+	err := c.conn.Write(context.Background(), websocket.MessageText, msg)
+	return errors.Join(err, c.net.send())
 }
 
 // encodeWelcome encodes the welcome event of session s, the only event

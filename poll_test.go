@@ -464,7 +464,7 @@ func TestPollReceive(t *testing.T) {
 	if len(list) != 1 || list[0].Event != "room_joined" || list[0].Seq != 1 {
 		t.Fatalf("first GET: got %v, want [room_joined seq 1]", list)
 	}
-	if got, want := string(list[0].Data), `{"room":"general","users":["alice"],"count":1,"history":[]}`; got != want {
+	if got, want := string(list[0].Data), `{"room":"general","count":1,"history":[],"users":["alice"]}`; got != want {
 		t.Errorf("room_joined: got %s, want %s", got, want)
 	}
 
@@ -831,7 +831,7 @@ func TestPollMixedTransports(t *testing.T) {
 	ws := joined(t, ts, "alice")
 	lp := newPollClient(t, ts)
 	lp.open("bob")
-	if got, want := string(lp.expect("room_joined").Data), `{"room":"general","users":["alice","bob"],"count":2,"history":[]}`; got != want {
+	if got, want := string(lp.expect("room_joined").Data), `{"room":"general","count":2,"history":[],"users":["alice","bob"]}`; got != want {
 		t.Errorf("room_joined: got %s, want %s", got, want)
 	}
 	if got := ws.expect("user_joined"); string(got.Data) != `{"room":"general","username":"bob"}` {

@@ -61,8 +61,9 @@ type session struct {
 // `{"event":…,"data":…,"seq":`. A broadcast shares one body among all the
 // members' outboxes; the writer appends the number and the closing brace.
 type outEvent struct {
-	seq  int64
-	body []byte
+	seq    int64
+	body   []byte
+	shared []byte // the rest of body, shared with other outboxes (encodeRoomJoined); mostly nil
 }
 
 // transport carries a session's outbox to its client: a WebSocket
@@ -284,19 +285,24 @@ func (srv *server) endSession(s *session, why string) {
 // of srv.mu (srv.unlock). Not here: the caller may be halfway through a
 // room's members, and the others must all see the same order of events.
 func (s *session) push(body []byte) {
+	s.pushShared(body, nil)
+}
+
+// pushShared is push for an event in two parts: body, then shared.
+func (s *session) pushShared(body, shared []byte) {
 	s.outboxMu.Lock()
 	defer s.outboxMu.Unlock()
 	if s.slow || s.ended {
 		return
 	}
 	s.lastSeq++
-	s.outbox = append(s.outbox, outEvent{s.lastSeq, body})
-	s.outboxBytes += len(body)
+	s.outbox = append(s.outbox, outEvent{s.lastSeq, body, shared})
+	s.outboxBytes += len(body) + len(shared)
 	// Keep the last cfg.Outbox events, and of those no more than
 	// maxOutboxBytes: past that, the oldest sent ones go even if there are
 	// fewer (a resume from before them then starts a new session).
 	for len(s.outbox) > s.srv.cfg.Outbox || s.outboxBytes > maxOutboxBytes && s.outbox[0].seq <= s.delivered {
-		s.outboxBytes -= len(s.outbox[0].body)
+		s.outboxBytes -= len(s.outbox[0].body) + len(s.outbox[0].shared)
 		s.outbox = s.outbox[1:]
 	}
 	if s.lastSeq-s.delivered > int64(s.srv.cfg.Outbox) || s.outboxBytes > maxOutboxBytes {
@@ -333,6 +339,7 @@ func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int
 			buf = append(buf, ',')
 		}
 		buf = append(buf, e.body...)
+		buf = append(buf, e.shared...)
 		buf = strconv.AppendInt(buf, e.seq, 10)
 		buf = append(buf, '}')
 	}

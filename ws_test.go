@@ -42,7 +42,7 @@ func TestWelcomeThenGeneral(t *testing.T) {
 	if e.Seq != 1 {
 		t.Errorf("first seq: got %d, want 1", e.Seq)
 	}
-	if got, want := string(e.Data), `{"room":"general","users":["alice"],"count":1,"history":[]}`; got != want {
+	if got, want := string(e.Data), `{"room":"general","count":1,"history":[],"users":["alice"]}`; got != want {
 		t.Errorf("room_joined: got %s, want %s", got, want)
 	}
 }
@@ -168,6 +168,44 @@ func TestJoinAndLeave(t *testing.T) {
 	}
 	if r := bob.call("send_message", map[string]any{"room": "dev", "text": "x"}); r.Error.Code != "not_in_room" {
 		t.Errorf("send after leaving: got %s, want not_in_room", r.raw)
+	}
+}
+
+// TestCrowd: a room of more than cfg.PresenceLimit members is a crowd. Its
+// presence events stop, and room_joined lists the first PresenceLimit names
+// (sorted) with the true count. That list, shared by every joiner
+// (room.names), follows each join, leave and rename among those names.
+func TestCrowd(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) { c.PresenceLimit = 3 })
+	check := func(c *client, users []string, count int) {
+		t.Helper()
+		var rj roomJoined
+		c.expect("room_joined").decode(t, &rj)
+		if !slices.Equal(rj.Users, users) || rj.Count != count {
+			t.Errorf("%s: room_joined lists %v of %d, want %v of %d", c.username, rj.Users, rj.Count, users, count)
+		}
+	}
+	b := dial(t, ts, "b")
+	check(b, []string{"b"}, 1)
+	d := dial(t, ts, "d")
+	check(d, []string{"b", "d"}, 2)
+	b.expect("user_joined")
+	f := dial(t, ts, "f")
+	check(f, []string{"b", "d", "f"}, 3) // at the limit: still announced
+	b.expect("user_joined")
+	d.expect("user_joined")
+
+	// One more is a crowd: the first three are listed, and nobody is told.
+	check(dial(t, ts, "h"), []string{"b", "d", "f"}, 4)
+	a := dial(t, ts, "a")
+	check(a, []string{"a", "b", "d"}, 5)
+	a.call("set_username", map[string]any{"username": "z"})
+	check(dial(t, ts, "c"), []string{"b", "c", "d"}, 6)
+	b.call("leave_room", map[string]any{"room": "general"})
+	check(dial(t, ts, "e"), []string{"c", "d", "e"}, 6)
+	for _, c := range []*client{b, d, f} {
+		c.quiet(50 * time.Millisecond)
 	}
 }
 
