@@ -105,23 +105,18 @@ const (
 	pongWait  = 10 * time.Second
 )
 
-// writeBudget is how many WebSocket writes a second the server allows itself
-// when every connection is busy. Each write is a system call, and on one
-// core about 100,000 of them a second is all there is: past that, more
-// connections mean slower ones. So a connection that has just written waits
-// wsConns/writeBudget before its next write (17 ms with 1,000 connections,
-// 1.7 ms with 100), never more than maxPace, and that write carries every
-// event of the wait. A connection that has not written for that long
-// writes at once. See wsConn.pace. (Measured with bench/, README,
-// Performance: at 1,000 clients and 500,000 deliveries a second, p99 went
-// from 324 ms to 44-64 ms and the server from 98% of a core to about 80%.)
-//
-// It counts every open connection, busy or not: with many idle ones, a
-// burst to a few active ones waits up to maxPace, so that is kept short.
-const (
-	writeBudget = 60000
-	maxPace     = 20 * time.Millisecond
-)
+// writeBudget is how many WebSocket writes a second the server allows
+// itself. Each write is a system call, and on one core about 100,000 of them
+// a second is all there is: past that, more busy connections mean slower
+// ones. So a connection that has just written waits writers/writeBudget
+// before its next write (17 ms while 1,000 connections have events to send,
+// 1.7 ms with 100), and that write carries every event of the wait. A
+// connection that has not written for that long writes at once. Only busy
+// connections count: an idle one has no writer running. See wsConn.pace.
+// (Measured with bench/, README, Performance: at 1,000 clients and 500,000
+// deliveries a second, p99 went from 324 ms to 44-64 ms and the server from
+// 98% of a core to about 80%.)
+const writeBudget = 60000
 
 // server is the chat: an http.Handler holding every session and room.
 // newServer builds it; close ends it.
@@ -136,7 +131,7 @@ type server struct {
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
 	conns   sync.WaitGroup // WebSocket connections (serveConn) and waiting long-polls
-	wsConns atomic.Int64   // open WebSockets, for wsConn.pace
+	writers atomic.Int64   // WebSocket writers running, for wsConn.pace
 
 	// mu guards the whole chat state: the maps below and every session's
 	// name, rooms, typing timers, ack answers, rate bucket and grace timer.
@@ -1232,7 +1227,6 @@ func (srv *server) serveConn(conn *websocket.Conn, nc *wsNetConn, sid, username 
 		srv.conns.Done()
 		return
 	}
-	srv.wsConns.Add(1)
 
 	c.s, c.after, c.welcome = s, after, srv.encodeWelcome(s, resumed)
 	c.running.Add(1)
@@ -1273,7 +1267,6 @@ func (c *wsConn) read() {
 	c.cancel(err)
 	c.finish()
 	srv.detach(c.s, c)
-	srv.wsConns.Add(-1)
 	srv.conns.Done()
 }
 
@@ -1296,6 +1289,8 @@ func (c *wsConn) finish() {
 // and stays the last writer.
 func (c *wsConn) writeLoop() {
 	defer c.running.Done()
+	c.s.srv.writers.Add(1)
+	defer c.s.srv.writers.Add(-1)
 	var err error
 	if c.welcome != nil {
 		err = c.write(c.welcome)
@@ -1346,9 +1341,9 @@ func putWriteBuffer(buf *[]byte) {
 
 // pace waits until the connection may write again, writeBudget allowing:
 // events that arrive meanwhile go out together in the next write. (A
-// connection stopped meanwhile closes after the wait: at most maxPace.)
+// connection stopped meanwhile closes after the wait.)
 func (c *wsConn) pace() {
-	wait := min(time.Duration(c.s.srv.wsConns.Load())*time.Second/writeBudget, maxPace) - time.Since(c.wrote)
+	wait := time.Duration(c.s.srv.writers.Load())*time.Second/writeBudget - time.Since(c.wrote)
 	if wait > 0 {
 		time.Sleep(wait)
 	}
