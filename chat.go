@@ -64,6 +64,7 @@ type config struct {
 	Origins       []string      // extra origins allowed, as host patterns
 	TypingTimeout time.Duration // typing turns itself off after this (5 s)
 	PingEvery     time.Duration // how often the server pings a WebSocket (30 s)
+	PongWait      time.Duration // how long a ping waits for its pong (10 s)
 	MaxIdleRooms  int           // rooms kept with history but no members (1,000)
 	Logger        *slog.Logger
 }
@@ -81,6 +82,7 @@ func defaultConfig() config {
 		PresenceLimit: 200,
 		TypingTimeout: 5 * time.Second,
 		PingEvery:     30 * time.Second,
+		PongWait:      10 * time.Second,
 		MaxIdleRooms:  1000,
 		Logger:        slog.Default(),
 	}
@@ -97,13 +99,9 @@ const (
 	defaultRoomName = "general"
 )
 
-// WebSocket timing. A ping must be answered within pongWait (with the
-// default cfg.PingEvery of 30 s, one ping is answered or has failed before
-// the next).
-const (
-	writeWait = 10 * time.Second // one write of a batch of events
-	pongWait  = 10 * time.Second
-)
+// writeWait bounds one write to a WebSocket: a client that takes longer to
+// take in one batch of events is dropped.
+const writeWait = 10 * time.Second
 
 // writeBudget is how many WebSocket writes a second the server allows
 // itself. Each write is a system call, and on one core about 100,000 of them
@@ -1368,7 +1366,8 @@ func (c *wsConn) catchUp() {
 }
 
 // ping runs every cfg.PingEvery, on its timer's goroutine: it sends a ping
-// and waits for the pong, at most pongWait (a live client answers at once).
+// and waits for the pong, at most cfg.PongWait (a live client answers at
+// once).
 // A client that does not answer is dropped.
 func (c *wsConn) ping() {
 	c.mu.Lock()
@@ -1380,7 +1379,7 @@ func (c *wsConn) ping() {
 	c.mu.Unlock()
 	defer c.running.Done()
 
-	ctx, cancel := context.WithTimeout(context.Background(), pongWait)
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.srv.cfg.PongWait)
 	defer cancel()
 	if err := c.conn.Ping(ctx); err != nil {
 		c.conn.CloseNow()

@@ -143,9 +143,15 @@ func dial(t *testing.T, ts *httptest.Server, username string) *client {
 // the first event after welcome must be seq+1.
 func dialQuery(t *testing.T, ts *httptest.Server, q url.Values, seq int64) *client {
 	t.Helper()
+	return dialWith(t, ts, q, seq, nil)
+}
+
+// dialWith is dialQuery with the client's dial options.
+func dialWith(t *testing.T, ts *httptest.Server, q url.Values, seq int64, opts *websocket.DialOptions) *client {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, wsURL(ts, q), nil)
+	conn, _, err := websocket.Dial(ctx, wsURL(ts, q), opts)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}

@@ -9,8 +9,10 @@ import (
 	"net/url"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -206,6 +208,89 @@ func TestCrowd(t *testing.T) {
 	check(dial(t, ts, "e"), []string{"c", "d", "e"}, 6)
 	for _, c := range []*client{b, d, f} {
 		c.quiet(50 * time.Millisecond)
+	}
+}
+
+// TestPings: the server pings every cfg.PingEvery, also while it writes
+// events (a ping then joins the message being gathered, wsNetConn). A client
+// that answers stays and gets every event, in order; one that does not
+// answer within cfg.PongWait is dropped (and its session ends after grace).
+func TestPings(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) {
+		c.PingEvery, c.PongWait, c.Grace = 2*time.Millisecond, 200*time.Millisecond, 50*time.Millisecond
+		c.Rate, c.Burst = 1e6, 1e6
+	})
+	const wantPings = 20
+	pinged := make(chan struct{})
+	var pings atomic.Int64
+	opts := &websocket.DialOptions{OnPingReceived: func(context.Context, []byte) bool {
+		if pings.Add(1) == wantPings {
+			close(pinged)
+		}
+		return true // and answer it
+	}}
+	alice := dialWith(t, ts, url.Values{"username": {"alice"}}, 0, opts)
+	alice.expect("room_joined")
+	bob := joined(t, ts, "bob")
+	alice.expect("user_joined")
+
+	for i := range 300 {
+		bob.emit("send_message", map[string]any{"text": strconv.Itoa(i)}, 0)
+	}
+	for i := range 300 { // the client checks that no seq is skipped
+		var m message
+		alice.expect("new_message").decode(t, &m)
+		if m.Text != strconv.Itoa(i) {
+			t.Fatalf("message %d: got %q", i, m.Text)
+		}
+	}
+	select {
+	case <-pinged:
+	case <-time.After(waitTimeout):
+		t.Fatalf("%d pings in %v, want %d", pings.Load(), waitTimeout, wantPings)
+	}
+
+	// carol never reads, so she never answers a ping.
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	carol, _, err := websocket.Dial(ctx, wsURL(ts, url.Values{"username": {"carol"}}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer carol.CloseNow()
+	for _, c := range []*client{alice, bob} {
+		if got := c.waitFor("user_joined"); !bytes.Contains(got.Data, []byte(`"carol"`)) {
+			t.Fatalf("%s: got %s, want carol joining", c.username, got)
+		}
+		if got := c.waitFor("user_left"); !bytes.Contains(got.Data, []byte(`"carol"`)) {
+			t.Fatalf("%s: got %s, want carol leaving", c.username, got)
+		}
+	}
+}
+
+// TestIdleHasNoWriter: an idle connection is its reader alone. A writer
+// runs while there are events to send (wsConn.wake) and ends when there are
+// none (wsConn.rest); pings come from a timer.
+func TestIdleHasNoWriter(t *testing.T) {
+	t.Parallel()
+	srv, ts := startServer(t, nil)
+	var clients []*client
+	for i := range 20 {
+		clients = append(clients, joined(t, ts, fmt.Sprintf("u%d", i)))
+	}
+	clients[0].emit("send_message", map[string]any{"text": "hello"}, 0)
+	for _, c := range clients {
+		c.waitFor("new_message")
+	}
+	waitUntil(t, waitTimeout, "every writer rested", func() bool { return srv.writers.Load() == 0 })
+
+	// And they start again: an event after the rest still arrives.
+	clients[1].emit("send_message", map[string]any{"text": "again"}, 0)
+	for _, c := range clients {
+		if got := c.waitFor("new_message"); !bytes.Contains(got.Data, []byte(`"again"`)) {
+			t.Fatalf("%s: got %s", c.username, got)
+		}
 	}
 }
 
