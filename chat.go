@@ -10,8 +10,8 @@
 //     a network.
 //  3. The events themselves: decoding, acks, one small function each.
 //  4. The rules of PROTOCOL.md section 7: names, rooms, text.
-//  5. The WebSocket transport: one reader, one writer, and a close code that
-//     says why.
+//  5. The WebSocket transport: a reader, a writer that runs only while there
+//     is something to send, and a close code that says why.
 //
 // session.go says what a session is: one user's presence, which outlives its
 // connection, and the outbox of numbered events that a transport (the
@@ -1020,11 +1020,11 @@ type closeReason struct {
 
 func (c closeReason) Error() string { return fmt.Sprintf("close %d: %s", c.code, c.reason) }
 
-// wsConn is one WebSocket connection attached to a session. serveConn's
-// goroutine reads the client's events for as long as the connection lives.
+// wsConn is one WebSocket connection attached to a session. Its reader
+// (read) waits for the client's events for as long as the connection lives.
 // A writer (writeLoop) runs only while there is something to send: wake
 // starts one, and it ends when the outbox is drained. So an idle connection
-// is one parked goroutine and a few small structs (README, Performance).
+// is one waiting goroutine and a few small structs (README, Performance).
 type wsConn struct {
 	conn   *websocket.Conn
 	net    *wsNetConn // under conn: it sends each message in one system call
@@ -1051,7 +1051,7 @@ type wsConn struct {
 }
 
 func (c *wsConn) stop(code websocket.StatusCode, reason string) {
-	c.cancel(closeReason{code, reason}) // a writer closes the connection (serveConn)
+	c.cancel(closeReason{code, reason}) // then a writer closes the connection (serveConn)
 }
 
 // wake makes sure a writer runs: it tells the running one that more has

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/url"
 	"regexp"
 	"slices"
@@ -290,6 +295,62 @@ func TestIdleHasNoWriter(t *testing.T) {
 	for _, c := range clients {
 		if got := c.waitFor("new_message"); !bytes.Contains(got.Data, []byte(`"again"`)) {
 			t.Fatalf("%s: got %s", c.username, got)
+		}
+	}
+}
+
+// TestFirstFrameWithHandshake: a client may send its first frame right
+// behind the upgrade request, before it sees the answer. net/http has then
+// read it already, and the connection keeps net/http's reader to get it
+// (smallBuffers.Hijack).
+func TestFirstFrameWithHandshake(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	conn, err := net.DialTimeout("tcp", ts.Listener.Addr().String(), waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(waitTimeout))
+
+	// The request and a masked text frame, in one write.
+	payload := []byte(`{"event":"echo_message","data":"early","ack":1}`)
+	mask := []byte{1, 2, 3, 4}
+	frame := append([]byte{0x81, 0x80 | byte(len(payload))}, mask...)
+	for i, b := range payload {
+		frame = append(frame, b^mask[i%4])
+	}
+	req := "GET /ws?username=alice HTTP/1.1\r\nHost: " + ts.Listener.Addr().String() +
+		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13" +
+		"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+	if _, err := conn.Write(append([]byte(req), frame...)); err != nil {
+		t.Fatal(err)
+	}
+
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	for { // unmasked server frames, each shorter than 64 KiB here
+		var head [4]byte
+		if _, err := io.ReadFull(br, head[:2]); err != nil {
+			t.Fatalf("no echo of the early frame: %v", err)
+		}
+		n := int(head[1] & 0x7f)
+		if n == 126 {
+			io.ReadFull(br, head[2:4])
+			n = int(binary.BigEndian.Uint16(head[2:4]))
+		}
+		msg := make([]byte, n)
+		if _, err := io.ReadFull(br, msg); err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(msg, []byte(`"ack":1`)) {
+			if !bytes.Contains(msg, []byte(`"data":"early"`)) {
+				t.Errorf("ack: got %s", msg)
+			}
+			return
 		}
 	}
 }
