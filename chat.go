@@ -222,9 +222,11 @@ func (srv *server) close(ctx context.Context) {
 			t.Stop()
 		}
 	}
+	// Before mu is let go: a reader that then finds srv.closed must find its
+	// connection's context ended with this cause, too.
+	srv.cancel(closeReason{websocket.StatusGoingAway, "server shutting down"})
 	srv.mu.Unlock()
 
-	srv.cancel(closeReason{websocket.StatusGoingAway, "server shutting down"})
 	done := make(chan struct{})
 	go func() { srv.conns.Wait(); close(done) }()
 	select {
@@ -303,8 +305,9 @@ type room struct {
 	// The names that room_joined lists (the first `listed` members, sorted),
 	// and the same encoded as the end of a room_joined event: `[…]},"seq":`.
 	// Every joiner of a crowd gets the same 200 names, 3 KiB that each of
-	// their outboxes keeps: they are encoded once and shared, until a
-	// change among them (changed) drops both.
+	// their outboxes would keep: they are encoded once and the outboxes
+	// share them, until a change among them (changed) drops both. (An
+	// outbox's byte count still counts them, as if they were its own.)
 	listed int // cfg.PresenceLimit
 	names  []string
 	users  []byte
@@ -1010,6 +1013,26 @@ func validText(text string) error {
 // ---------------------------------------------------------------------------
 // 5. The WebSocket transport: GET /ws
 // ---------------------------------------------------------------------------
+//
+// The life of a connection. serveWebSocket upgrades the request, and
+// serveConn attaches the connection to its session and starts three things:
+//
+//   - the reader (read): it waits for the client's next message and handles
+//     it, for as long as the connection lives;
+//   - a writer (writeLoop), only while there is something to send: a push
+//     to the session's outbox wakes one (wake), and it ends once the outbox
+//     is drained (rest). An idle connection has none;
+//   - a ping every cfg.PingEvery, from a timer (ping).
+//
+// The connection's context ends when it must close: its session was taken
+// over, fell behind or ended, the server is shutting down, or the network
+// failed. Its cause, a closeReason, says why. Then a writer runs, closes the
+// connection with that code and reason, and the reader's Read fails: the
+// reader waits for the writers and pings (finish) and lets go of the
+// session, which stays for cfg.Grace.
+//
+// Under coder/websocket is a wsNetConn: it sends each message in one system
+// call and keeps no buffer while the connection is idle.
 
 // closeReason is why a connection ends: the close code and reason the
 // client reads. It is the cause of the connection's context.
@@ -1020,67 +1043,33 @@ type closeReason struct {
 
 func (c closeReason) Error() string { return fmt.Sprintf("close %d: %s", c.code, c.reason) }
 
-// wsConn is one WebSocket connection attached to a session. Its reader
-// (read) waits for the client's events for as long as the connection lives.
-// A writer (writeLoop) runs only while there is something to send: wake
-// starts one, and it ends when the outbox is drained. So an idle connection
-// is one waiting goroutine and a few small structs (README, Performance).
+// wsConn is one WebSocket connection attached to a session.
 type wsConn struct {
 	conn   *websocket.Conn
-	net    *wsNetConn // under conn: it sends each message in one system call
+	net    *wsNetConn // under conn
 	s      *session
 	ctx    context.Context // ends when the connection must close; its cause says why
 	cancel context.CancelCauseFunc
 
-	// mu guards writing and finished. Lock order: a session's outboxMu
-	// (push calls wake with it held) before mu.
-	mu       sync.Mutex
-	writing  bool           // a writer runs (or serveConn has yet to start the first)
-	finished bool           // serveConn is done: no writer or ping starts again
-	running  sync.WaitGroup // writers and pings, which serveConn waits for
+	// mu guards writing and finished. Lock order: srv.mu, then a session's
+	// outboxMu (push calls wake with both held), then mu.
+	mu sync.Mutex
+	// writing is true while a writer runs; also before the first one, which
+	// serveConn starts once the welcome is ready; and for good once a writer
+	// has closed the connection. While it is true, wake starts no writer.
+	writing  bool
+	finished bool           // read is done: no writer or ping starts again
+	running  sync.WaitGroup // writers and pings, which finish waits for
 	pending  wakeup         // "the outbox has more": for the running writer
 	written  wakeup         // "the writer has written": for catchUp
 
-	// What writers hand on from one to the next. Only the running writer
-	// touches them (mu orders one writer before the next).
+	// What one writer hands on to the next. Only the running writer touches
+	// them (mu orders one writer before the next).
 	welcome []byte    // sent first; nil once it is
 	after   int64     // the seq of the last event written
 	wrote   time.Time // when, for pace
 
 	pinger *time.Timer // the next ping
-}
-
-func (c *wsConn) stop(code websocket.StatusCode, reason string) {
-	c.cancel(closeReason{code, reason}) // then a writer closes the connection (serveConn)
-}
-
-// wake makes sure a writer runs: it tells the running one that more has
-// come, or starts one. push calls it for every event.
-func (c *wsConn) wake() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch {
-	case c.finished:
-	case c.writing:
-		c.pending.wake()
-	default:
-		c.writing = true
-		c.running.Add(1)
-		go c.writeLoop()
-	}
-}
-
-// rest ends a writer's run, unless more came while it ran.
-func (c *wsConn) rest() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	select {
-	case <-c.pending:
-		return false
-	default:
-		c.writing = false
-		return true
-	}
 }
 
 // serveWebSocket is GET /ws: it upgrades the request to a WebSocket and
@@ -1104,91 +1093,6 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	srv.serveConn(conn, hj.conn, q.Get("sid"), q.Get("username"), after)
 }
 
-// The buffers between a WebSocket and the network, in bytes. A connection
-// keeps them for its whole life, and net/http's 4 KiB each would be most
-// of an idle one. Client events are small. Server messages are gathered
-// whole by wsNetConn, so the write buffer only needs to hold a control frame
-// (at most 127 bytes): then a pong or a close, too, is one system call.
-const (
-	readBuffer  = 512
-	writeBuffer = 128
-)
-
-// smallBuffers is the ResponseWriter that websocket.Accept hijacks: it hands
-// over the connection with small buffers around it, writing through a
-// wsNetConn.
-type smallBuffers struct {
-	http.ResponseWriter
-	conn *wsNetConn
-}
-
-func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	// net/http's reader is kept only when it holds bytes it has read ahead:
-	// a client that sent its first frame before it saw our answer.
-	r := brw.Reader
-	if r.Buffered() == 0 {
-		r = bufio.NewReaderSize(conn, readBuffer)
-	}
-	w.conn = &wsNetConn{Conn: conn}
-	return conn, bufio.NewReadWriter(r, bufio.NewWriterSize(w.conn, writeBuffer)), nil
-}
-
-// wsNetConn is what a WebSocket writes to. While the writer gathers
-// (wsConn.write), what coder/websocket writes is appended to a pooled
-// buffer, and send writes it all in one system call: an idle connection
-// holds no write buffer. Other writes (control frames: pongs, pings, the
-// close) go straight to the network, or join the gathered message if they
-// come while it is being written.
-type wsNetConn struct {
-	net.Conn
-
-	mu       sync.Mutex
-	gathered *[]byte // from writeBuffers; nil when not gathering
-}
-
-func (c *wsNetConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.gathered != nil {
-		*c.gathered = append(*c.gathered, p...)
-		return len(p), nil
-	}
-	return c.write(p)
-}
-
-// write writes p to the network within writeWait, or fails, and then the
-// connection is of no more use. The deadline is the write's own, not the
-// connection's context: a write cut short by a cancelled context would
-// drop the connection without a close frame, and the client would never
-// learn why it was closed.
-func (c *wsNetConn) write(p []byte) (int, error) {
-	c.Conn.SetWriteDeadline(time.Now().Add(writeWait))
-	return c.Conn.Write(p)
-}
-
-// gather starts gathering writes.
-func (c *wsNetConn) gather() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.gathered = writeBuffers.Get().(*[]byte)
-	*c.gathered = (*c.gathered)[:0]
-}
-
-// send writes what was gathered, in one system call, and stops gathering.
-func (c *wsNetConn) send() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	buf := c.gathered
-	c.gathered = nil
-	_, err := c.write(*buf)
-	putWriteBuffer(buf)
-	return err
-}
-
 // serveConn attaches the connection to a new or resumed session, and starts
 // its reader, its first writer and its pings.
 func (srv *server) serveConn(conn *websocket.Conn, nc *wsNetConn, sid, username string, after int64) {
@@ -1201,7 +1105,7 @@ func (srv *server) serveConn(conn *websocket.Conn, nc *wsNetConn, sid, username 
 	c := &wsConn{
 		conn: conn, net: nc, ctx: ctx, cancel: cancel,
 		pending: make(wakeup, 1), written: make(wakeup, 1),
-		writing: true, // no writer may start before welcome is ready: serveConn starts the first
+		writing: true, // no writer may start before the welcome is ready
 	}
 
 	// Resume the session the client names, or else open a new one.
@@ -1229,9 +1133,7 @@ func (srv *server) serveConn(conn *websocket.Conn, nc *wsNetConn, sid, username 
 	c.s, c.after, c.welcome = s, after, srv.encodeWelcome(s, resumed)
 	c.running.Add(1)
 	go c.writeLoop()
-	// Whenever ctx ends (the session replaced, too slow or ended, the server
-	// shutting down), a writer runs and closes the connection, which ends
-	// the reader's Read.
+	// Whenever ctx ends, a writer runs and closes the connection.
 	context.AfterFunc(ctx, c.wake)
 	c.mu.Lock()
 	c.pinger = time.AfterFunc(srv.cfg.PingEvery, c.ping)
@@ -1260,16 +1162,16 @@ func (c *wsConn) read() {
 		go c.read()
 		return
 	}
-	// The connection is broken or closed (err), or the session has ended,
-	// which ended ctx too.
+	// The connection is broken or closed (err), or the session has ended or
+	// the server is closing, which has ended ctx already.
 	c.cancel(err)
 	c.finish()
 	srv.detach(c.s, c)
 	srv.conns.Done()
 }
 
-// finish is serveConn's last step: a writer closes the connection (if none
-// has), and once it and any ping are done, nothing starts again.
+// finish is the reader's last step: a writer closes the connection (if
+// none has), and once it and any ping are done, nothing starts again.
 func (c *wsConn) finish() {
 	c.wake()
 	c.mu.Lock()
@@ -1277,6 +1179,41 @@ func (c *wsConn) finish() {
 	c.pinger.Stop()
 	c.mu.Unlock()
 	c.running.Wait()
+}
+
+// stop ends the connection (transport.stop): the context's end has a writer
+// close it (serveConn).
+func (c *wsConn) stop(code websocket.StatusCode, reason string) {
+	c.cancel(closeReason{code, reason})
+}
+
+// wake makes sure a writer runs: it tells the running one that more has
+// come, or starts one. push calls it for every event.
+func (c *wsConn) wake() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.finished:
+	case c.writing:
+		c.pending.wake()
+	default:
+		c.writing = true
+		c.running.Add(1)
+		go c.writeLoop()
+	}
+}
+
+// rest ends a writer's run, unless more came since it last looked.
+func (c *wsConn) rest() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.pending:
+		return false
+	default:
+		c.writing = false
+		return true
+	}
 }
 
 // writeLoop is a writer: while it runs, the only goroutine that writes
@@ -1300,6 +1237,10 @@ func (c *wsConn) writeLoop() {
 			err = context.Cause(c.ctx)
 			break
 		}
+		select { // what pending says, appendEvents is about to see
+		case <-c.pending:
+		default:
+		}
 		buf := writeBuffers.Get().(*[]byte)
 		var last int64
 		*buf, last = c.s.appendEvents((*buf)[:0], c.after, false)
@@ -1317,6 +1258,7 @@ func (c *wsConn) writeLoop() {
 			return // drained: the next wake starts a writer again
 		}
 	}
+	c.cancel(err) // (if not yet) a reader waiting in catchUp stops waiting
 	// c.writing stays true: no writer starts after this one.
 	var reason closeReason
 	if errors.As(err, &reason) {
@@ -1324,6 +1266,24 @@ func (c *wsConn) writeLoop() {
 	} else {
 		c.conn.CloseNow() // the peer is gone or broken: no handshake to wait for
 	}
+}
+
+// pace waits until the connection may write again, writeBudget allowing:
+// events that arrive meanwhile go out together in the next write. (A
+// connection stopped meanwhile closes after the wait.)
+func (c *wsConn) pace() {
+	wait := time.Duration(c.s.srv.writers.Load())*time.Second/writeBudget - time.Since(c.wrote)
+	if wait > 0 {
+		time.Sleep(wait)
+	}
+}
+
+// write sends one message: coder/websocket frames it into the gathered
+// buffer, and send writes it, within writeWait.
+func (c *wsConn) write(msg []byte) error {
+	c.net.gather()
+	err := c.conn.Write(context.Background(), websocket.MessageText, msg)
+	return errors.Join(err, c.net.send())
 }
 
 // writeBuffers are the buffers that messages are built and gathered in. A
@@ -1337,14 +1297,31 @@ func putWriteBuffer(buf *[]byte) {
 	}
 }
 
-// pace waits until the connection may write again, writeBudget allowing:
-// events that arrive meanwhile go out together in the next write. (A
-// connection stopped meanwhile closes after the wait.)
-func (c *wsConn) pace() {
-	wait := time.Duration(c.s.srv.writers.Load())*time.Second/writeBudget - time.Since(c.wrote)
-	if wait > 0 {
-		time.Sleep(wait)
+// ping sends a ping and waits for the pong, at most cfg.PongWait (a live
+// client answers at once); the next ping is cfg.PingEvery after the pong.
+// A client that does not answer is dropped. It runs on its timer's own
+// goroutine.
+func (c *wsConn) ping() {
+	c.mu.Lock()
+	if c.finished {
+		c.mu.Unlock()
+		return
 	}
+	c.running.Add(1)
+	c.mu.Unlock()
+	defer c.running.Done()
+
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.srv.cfg.PongWait)
+	defer cancel()
+	if err := c.conn.Ping(ctx); err != nil {
+		c.cancel(fmt.Errorf("no pong: %w", err)) // a writer drops the connection
+		return
+	}
+	c.mu.Lock()
+	if !c.finished {
+		c.pinger.Reset(c.s.srv.cfg.PingEvery)
+	}
+	c.mu.Unlock()
 }
 
 // catchUp holds the reader back while the writer is more than half an outbox
@@ -1365,39 +1342,100 @@ func (c *wsConn) catchUp() {
 	}
 }
 
-// ping runs every cfg.PingEvery, on its timer's goroutine: it sends a ping
-// and waits for the pong, at most cfg.PongWait (a live client answers at
-// once).
-// A client that does not answer is dropped.
-func (c *wsConn) ping() {
-	c.mu.Lock()
-	if c.finished {
-		c.mu.Unlock()
-		return
-	}
-	c.running.Add(1)
-	c.mu.Unlock()
-	defer c.running.Done()
+// The buffers between a WebSocket and the network, in bytes. A connection
+// keeps them for its whole life, and net/http's 4 KiB each would be most
+// of an idle one. Client events are small. Server messages are gathered
+// whole by wsNetConn, so the write buffer only needs to hold a control frame
+// (at most 127 bytes): then a pong or a close, too, is one system call.
+const (
+	readBuffer  = 512
+	writeBuffer = 128
+)
 
-	ctx, cancel := context.WithTimeout(context.Background(), c.s.srv.cfg.PongWait)
-	defer cancel()
-	if err := c.conn.Ping(ctx); err != nil {
-		c.conn.CloseNow()
-		return
-	}
-	c.mu.Lock()
-	if !c.finished {
-		c.pinger.Reset(c.s.srv.cfg.PingEvery)
-	}
-	c.mu.Unlock()
+// smallBuffers is the ResponseWriter that websocket.Accept hijacks: it hands
+// over the connection as a wsNetConn, with small buffers around it.
+type smallBuffers struct {
+	http.ResponseWriter
+	conn *wsNetConn
 }
 
-// write sends one message: coder/websocket frames it into the gathered
-// buffer, and send writes it, within writeWait.
-func (c *wsConn) write(msg []byte) error {
-	c.net.gather()
-	err := c.conn.Write(context.Background(), websocket.MessageText, msg)
-	return errors.Join(err, c.net.send())
+func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.conn = &wsNetConn{Conn: conn}
+	// net/http's reader is kept only when it holds bytes it has read ahead:
+	// a client that sent its first frame before it saw our answer.
+	r := brw.Reader
+	if r.Buffered() == 0 {
+		r = bufio.NewReaderSize(w.conn, readBuffer)
+	}
+	return w.conn, bufio.NewReadWriter(r, bufio.NewWriterSize(w.conn, writeBuffer)), nil
+}
+
+// wsNetConn is the network connection under a WebSocket. While the writer
+// gathers (wsConn.write), what coder/websocket writes is appended to a
+// pooled buffer, and send writes it all in one system call: an idle
+// connection holds no write buffer. Other writes (control frames: pongs,
+// pings, the close) go straight to the network, or join the gathered
+// message if they come while it is being written. mu keeps the writes in
+// order: coder/websocket holds its own lock for each frame, then mu.
+type wsNetConn struct {
+	net.Conn
+
+	mu       sync.Mutex
+	gathered *[]byte // from writeBuffers; nil when not gathering
+}
+
+func (c *wsNetConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gathered != nil {
+		*c.gathered = append(*c.gathered, p...)
+		return len(p), nil
+	}
+	return c.write(p)
+}
+
+// Close sends what was gathered, then closes. coder/websocket closes the
+// connection as soon as it has answered a client's close frame, and that
+// answer may have joined a message that the writer has not sent yet.
+func (c *wsNetConn) Close() error {
+	c.send()
+	return c.Conn.Close()
+}
+
+// gather starts gathering writes.
+func (c *wsNetConn) gather() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gathered = writeBuffers.Get().(*[]byte)
+	*c.gathered = (*c.gathered)[:0]
+}
+
+// send writes what was gathered, in one system call, and stops gathering.
+func (c *wsNetConn) send() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	buf := c.gathered
+	if buf == nil {
+		return net.ErrClosed // Close has sent it
+	}
+	c.gathered = nil
+	_, err := c.write(*buf)
+	putWriteBuffer(buf)
+	return err
+}
+
+// write writes p to the network within writeWait, or fails, and then the
+// connection is of no more use. The deadline is the write's own, not the
+// connection's context: a write cut short by a cancelled context would
+// drop the connection without a close frame, and the client would never
+// learn why it was closed.
+func (c *wsNetConn) write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(writeWait))
+	return c.Conn.Write(p)
 }
 
 // encodeWelcome encodes the welcome event of session s, the only event

@@ -57,13 +57,14 @@ type session struct {
 	transport transport // nil while detached
 }
 
-// outEvent is one event in an outbox. body is the envelope without its seq:
-// `{"event":…,"data":…,"seq":`. A broadcast shares one body among all the
+// outEvent is one event in an outbox: the envelope without its seq,
+// `{"event":…,"data":…,"seq":`, is body followed by shared (mostly nil;
+// encodeRoomJoined uses it). A broadcast shares one body among all the
 // members' outboxes; the writer appends the number and the closing brace.
 type outEvent struct {
 	seq    int64
 	body   []byte
-	shared []byte // the rest of body, shared with other outboxes (encodeRoomJoined); mostly nil
+	shared []byte // the end of the envelope, kept once for many outboxes
 }
 
 // transport carries a session's outbox to its client: a WebSocket

@@ -355,6 +355,25 @@ func TestFirstFrameWithHandshake(t *testing.T) {
 	}
 }
 
+// TestClientCloseWhileStreaming: a client that closes while events stream
+// to it gets the server's answer to its close frame, even when that answer
+// joins a message the writer is gathering (wsNetConn.Close sends it).
+func TestClientCloseWhileStreaming(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) { c.Rate, c.Burst = 1e6, 1e6 })
+	bob := joined(t, ts, "bob")
+	for i := range 20 {
+		alice := joined(t, ts, fmt.Sprintf("alice%d", i))
+		for range 200 { // fewer than cfg.Outbox: alice is never too slow
+			bob.emit("send_message", map[string]any{"text": "stream"}, 0)
+		}
+		alice.waitFor("new_message")
+		if err := alice.conn.Close(websocket.StatusNormalClosure, ""); err != nil {
+			t.Fatalf("close %d: no answer from the server: %v", i, err)
+		}
+	}
+}
+
 func TestSetUsername(t *testing.T) {
 	t.Parallel()
 	_, ts := startServer(t, nil)
