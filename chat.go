@@ -440,6 +440,7 @@ type roomJoined struct {
 	Users   []string  `json:"users"`
 	Count   int       `json:"count"`
 	History []message `json:"history"`
+	room    *room
 }
 
 // join adds s to the room called name, creating it if needed: s gets
@@ -457,19 +458,22 @@ func (srv *server) join(s *session, name string, since int64) (*roomJoined, erro
 		s.rooms[name] = r
 		srv.announce(r, s, "user_joined", userEvent{r.name, s.name})
 	}
-	joined := &roomJoined{Room: r.name, Users: r.usernames(), Count: len(r.members), History: historySince(r, since)}
-	s.pushShared(encodeRoomJoined(r, joined))
+	joined := &roomJoined{Room: r.name, Users: r.usernames(), Count: len(r.members), History: historySince(r, since), room: r}
+	s.pushShared(encodeJoined(`{"event":"room_joined","data":{`, joined))
 	return joined, nil
 }
 
-// encodeRoomJoined encodes room_joined in two parts: the joiner's own (the
-// room, count and history), and the users list, which is r.users, shared.
-// (Room names need no escaping in JSON: letters, digits, '-', '_', '.'.)
-func encodeRoomJoined(r *room, j *roomJoined) (own, shared []byte) {
+// encodeJoined encodes an event that carries the fields of room_joined
+// (room_joined itself, and join_room's ack), head and then those fields,
+// in two parts: the joiner's own (room, count and history), and the users
+// list, which is the room's r.users, shared. (Room names need no escaping
+// in JSON: letters, digits, '-', '_', '.'.)
+func encodeJoined(head string, j *roomJoined) (own, shared []byte) {
+	r := j.room
 	if r.users == nil {
 		r.users = encode("", j.Users, `},"seq":`)
 	}
-	head := `{"event":"room_joined","data":{"room":"` + j.Room + `","count":` + strconv.Itoa(j.Count) + `,"history":`
+	head += `"room":"` + j.Room + `","count":` + strconv.Itoa(j.Count) + `,"history":`
 	return encode(head, j.History, `,"users":`), r.users
 }
 
@@ -707,6 +711,10 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 	}
 	if ack == 0 && err == nil {
 		return true // done, and nobody asked to hear so
+	}
+	if j := result.roomJoined; j != nil && err == nil { // join_room: never remembered (rejoinable)
+		s.pushShared(encodeJoined(`{"event":"ack","ack":`+strconv.FormatInt(ack, 10)+`,"data":{"ok":true,`, j))
+		return true
 	}
 	answer := encodeAnswer(env.Event, ack, result, err)
 	if ack > 0 && !rejoinable[env.Event] {

@@ -59,7 +59,7 @@ type session struct {
 
 // outEvent is one event in an outbox: the envelope without its seq,
 // `{"event":…,"data":…,"seq":`, is body followed by shared (mostly nil;
-// encodeRoomJoined uses it). A broadcast shares one body among all the
+// encodeJoined uses it). A broadcast shares one body among all the
 // members' outboxes; the writer appends the number and the closing brace.
 type outEvent struct {
 	seq    int64

@@ -143,7 +143,7 @@ func TestJoinAndLeave(t *testing.T) {
 	alice.expect("user_joined")
 
 	r := alice.call("join_room", map[string]any{"room": "dev"})
-	if string(r.raw) != `{"ok":true,"room":"dev","users":["alice"],"count":1,"history":[]}` {
+	if string(r.raw) != `{"ok":true,"room":"dev","count":1,"history":[],"users":["alice"]}` {
 		t.Errorf("join ack: got %s", r.raw)
 	}
 	var first message
