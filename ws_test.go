@@ -214,6 +214,19 @@ func TestCrowd(t *testing.T) {
 	for _, c := range []*client{b, d, f} {
 		c.quiet(50 * time.Millisecond)
 	}
+
+	// Joining again: room_joined and the ack carry the same list.
+	d.emit("join_room", map[string]any{"room": "general"}, 1)
+	check(d, []string{"c", "d", "e"}, 6)
+	var ack struct {
+		OK    bool
+		Users []string
+		Count int
+	}
+	d.expect("ack").decode(t, &ack)
+	if !ack.OK || !slices.Equal(ack.Users, []string{"c", "d", "e"}) || ack.Count != 6 {
+		t.Errorf("join_room's ack: got %+v", ack)
+	}
 }
 
 // TestPings: the server pings every cfg.PingEvery, also while it writes
