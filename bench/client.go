@@ -197,6 +197,16 @@ func (r *loadRun) sendLoop(ctx context.Context, c *client, i int, start time.Tim
 		}
 		now := time.Now()
 		storeMax(&r.lag, int64(now.Sub(due(slot))))
+		if r.o.peer != "chat" { // a peer takes one message a frame
+			for ; slot < r.maxID && !due(slot).After(now); slot += int64(r.o.senders) {
+				if err := c.send(r.appendSendMessage(buf[:0], slot+1, due(slot))); err != nil {
+					r.sendErrors.Add(1)
+					return
+				}
+				r.sent.Add(1)
+			}
+			continue
+		}
 		buf = append(buf[:0], '[')
 		n := int64(0)
 		for ; slot < r.maxID && !due(slot).After(now); slot += int64(r.o.senders) {
@@ -217,14 +227,28 @@ func (r *loadRun) sendLoop(ctx context.Context, c *client, i int, start time.Tim
 	}
 }
 
-// appendSendMessage appends message id as a send_message envelope whose
-// text is "b <id> <due, unix ns> xxx…", -size characters. The room name was
-// checked by parseFlags: it needs no escaping.
+// appendSendMessage appends message id as the server takes it: a
+// send_message envelope, a Socket.IO event, or (gorilla) the text alone.
+// The room name was checked by parseFlags: it needs no escaping.
 func (r *loadRun) appendSendMessage(b []byte, id int64, due time.Time) []byte {
+	switch r.o.peer {
+	case "gorilla":
+		return r.appendText(b, id, due)
+	case "socketio":
+		b = append(b, `42["chat message","`...)
+		return append(r.appendText(b, id, due), `"]`...)
+	}
 	b = append(b, `{"event":"send_message","data":{"room":"`...)
 	b = append(b, r.o.room...)
-	b = append(b, `","text":"b `...)
-	text := len(b) - 2
+	b = append(b, `","text":"`...)
+	return append(r.appendText(b, id, due), `"}}`...)
+}
+
+// appendText appends a bench message's text: "b <id> <due, unix ns> xxx…",
+// -size characters.
+func (r *loadRun) appendText(b []byte, id int64, due time.Time) []byte {
+	text := len(b)
+	b = append(b, "b "...)
 	b = strconv.AppendInt(b, id, 10)
 	b = append(b, ' ')
 	b = strconv.AppendInt(b, due.UnixNano(), 10)
@@ -232,7 +256,7 @@ func (r *loadRun) appendSendMessage(b []byte, id int64, due time.Time) []byte {
 	for len(b)-text < r.o.size {
 		b = append(b, 'x')
 	}
-	return append(b, `"}}`...)
+	return b
 }
 
 // ---------------------------------------------------------------------------
@@ -274,8 +298,11 @@ func (c *client) join() {
 // reads until it is stopped or the server closes the connection.
 func (c *client) runWebSocket() {
 	defer close(c.done)
-	conn, _, err := websocket.Dial(c.ctx, c.run.nw.url("/ws", "username", c.username()),
-		&websocket.DialOptions{HTTPClient: c.httpClient()})
+	u := c.run.nw.url("/ws", "username", c.username())
+	if c.run.o.peer == "socketio" {
+		u = c.run.nw.url("/socket.io/", "EIO", "4", "transport", "websocket")
+	}
+	conn, _, err := websocket.Dial(c.ctx, u, &websocket.DialOptions{HTTPClient: c.httpClient()})
 	if err != nil {
 		c.end(err)
 		return
@@ -283,7 +310,17 @@ func (c *client) runWebSocket() {
 	conn.SetReadLimit(maxMessage)
 	context.AfterFunc(c.ctx, func() { conn.Close(websocket.StatusNormalClosure, "bench done") })
 	c.send = func(msg []byte) error { return conn.Write(c.ctx, websocket.MessageText, msg) }
-	c.join()
+	receive := c.receive
+	switch c.run.o.peer {
+	case "chat":
+		c.join()
+	case "gorilla": // in the room as soon as connected
+		c.run.members.Add(1)
+		close(c.ready)
+		receive = c.receivePeer
+	case "socketio":
+		receive = c.receiveSocketIO
+	}
 	// Reads have no context: coder/websocket drops the connection without
 	// a close frame when a read's context ends. Stopping closes the
 	// connection (above), which ends the read.
@@ -298,7 +335,7 @@ func (c *client) runWebSocket() {
 			c.end(err)
 			return
 		}
-		c.receive(buf.Bytes())
+		receive(buf.Bytes())
 	}
 }
 
@@ -446,6 +483,49 @@ func (c *client) receive(msg []byte) (last []byte) {
 		storeMax(&c.run.lastDelivery, now)
 	}
 	return last
+}
+
+// receivePeer counts the bench messages in a message from a peer: lines of
+// bench texts (gorilla's chat joins the messages waiting for a client with
+// newlines), or one Socket.IO event whose text is one.
+func (c *client) receivePeer(msg []byte) (last []byte) {
+	now := time.Now().UnixNano()
+	before := c.received
+	for line := range bytes.Lines(msg) {
+		if i := bytes.Index(line, []byte(`"b `)); i >= 0 {
+			line = line[i+1:] // 42["chat message","b …"]
+		}
+		if id, sent, ok := parseBenchText(line); ok {
+			c.count(id, now-sent)
+		}
+	}
+	if n := c.received - before; n > 0 {
+		c.run.delivered.Add(n)
+		c.run.batches.Add(1)
+		storeMax(&c.run.lastDelivery, now)
+	}
+	return msg
+}
+
+// receiveSocketIO is receivePeer for Socket.IO's packets over a WebSocket
+// (Engine.IO 4): "0{…}" opens, and the client then connects with "40"; the
+// server's "40{…}" says it is connected; "2" is a ping, answered "3";
+// "42[…]" is an event.
+func (c *client) receiveSocketIO(msg []byte) (last []byte) {
+	switch {
+	case bytes.HasPrefix(msg, []byte("42")):
+		return c.receivePeer(msg)
+	case bytes.Equal(msg, []byte("2")):
+		c.send([]byte("3"))
+	case bytes.HasPrefix(msg, []byte("40")):
+		if !isClosed(c.ready) {
+			c.run.members.Add(1)
+			close(c.ready)
+		}
+	case bytes.HasPrefix(msg, []byte("0")):
+		c.send([]byte("40"))
+	}
+	return msg
 }
 
 // nextObject returns the first JSON object in b and what follows it. It

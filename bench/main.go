@@ -28,6 +28,12 @@
 //   - A generator that is not the bottleneck: it reports its own CPU use, and
 //     the whole machine's, and reads messages without decoding each one.
 //
+// With -peer it measures another chat server the same way, for comparison:
+// gorilla/websocket's chat example (-peer gorilla), or the chat of
+// Socket.IO's "Get started" guide on Node.js (-peer socketio). Those
+// broadcast every message to everyone; this server does more for each (a
+// JSON envelope, a seq, an outbox kept for resuming).
+//
 // It only ever connects to loopback addresses, and every run is bounded in
 // size and in time.
 package main
@@ -76,6 +82,7 @@ const serverHint = "hint: the server refused clients or messages; for a large ru
 
 type options struct {
 	url, transport, room  string
+	peer                  string // "chat" (this server), "gorilla" or "socketio"
 	clients, senders      int
 	rate                  float64 // messages a second, all senders together
 	size                  int     // characters in a message's text
@@ -91,6 +98,7 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 	fs.StringVar(&o.url, "url", "http://127.0.0.1:8080", "the server: a loopback address only")
 	fs.StringVar(&o.transport, "transport", "websocket", "websocket or polling")
 	fs.StringVar(&o.room, "room", "general", "the room; any other than general is joined with join_room")
+	fs.StringVar(&o.peer, "peer", "chat", "the server: chat (this one), gorilla (gorilla/websocket's chat example) or socketio (Socket.IO's chat)")
 	fs.IntVar(&o.clients, "clients", 100, "clients in the room")
 	fs.IntVar(&o.senders, "senders", 10, "how many of the clients send")
 	fs.Float64Var(&o.rate, "rate", 100, "messages a second, all senders together")
@@ -109,6 +117,10 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	case o.transport != "websocket" && o.transport != "polling":
 		return nil, errors.New("-transport is websocket or polling")
+	case o.peer != "chat" && o.peer != "gorilla" && o.peer != "socketio":
+		return nil, errors.New("-peer is chat, gorilla or socketio")
+	case o.peer != "chat" && (o.transport != "websocket" || o.room != "general"):
+		return nil, errors.New("-peer gorilla and socketio take WebSockets, and have only one room")
 	case !regexp.MustCompile(`^[\pL\p{Nd}._-]{1,32}$`).MatchString(o.room): // the server's rule; safe in JSON as it is
 		return nil, errors.New("-room is 1-32 letters, digits, '-', '_' or '.'")
 	case o.clients < 1 || o.clients > maxClients || o.idle < 0 || o.idle > maxClients:
@@ -201,8 +213,8 @@ func loopbackURL(ctx context.Context, raw string) (*url.URL, error) {
 // the clients and prints the report.
 func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
 	o := r.o
-	fmt.Fprintf(out, "bench: %s, %d clients in room %s, %d senders, %g messages/s in total for %v, %d-character texts\n",
-		o.transport, o.clients, o.room, o.senders, o.rate, o.duration, o.size)
+	fmt.Fprintf(out, "bench: %s over %s, %d clients in room %s, %d senders, %g messages/s in total for %v, %d-character texts\n",
+		o.peer, o.transport, o.clients, o.room, o.senders, o.rate, o.duration, o.size)
 	receivers := r.connect(ctx, out)
 	defer r.closeAll()
 	if len(receivers) < o.senders {
