@@ -1027,8 +1027,9 @@ func validText(text string) error {
 //
 //   - the reader (read): it waits for the client's next message and handles
 //     it, for as long as the connection lives;
-//   - a writer (writeLoop), only while there is something to send: a push
-//     to the session's outbox wakes one (wake), and it ends once the outbox
+//   - a writer (writeLoop), only while there is something to send, and
+//     never more than one: the only goroutine that writes messages. A push
+//     to the session's outbox starts one (wake), and it ends once the outbox
 //     is drained (rest). An idle connection has none;
 //   - a ping every cfg.PingEvery, from a timer (ping).
 //
