@@ -1031,14 +1031,16 @@ func validText(text string) error {
 //     never more than one: the only goroutine that writes messages. A push
 //     to the session's outbox starts one (wake), and it ends once the outbox
 //     is drained (rest). An idle connection has none;
-//   - a ping every cfg.PingEvery, from a timer (ping).
+//   - a ping cfg.PingEvery after the last pong, from a timer (ping).
 //
 // The connection's context ends when it must close: its session was taken
-// over, fell behind or ended, the server is shutting down, or the network
-// failed. Its cause, a closeReason, says why. Then a writer runs, closes the
-// connection with that code and reason, and the reader's Read fails: the
-// reader waits for the writers and pings (finish) and lets go of the
-// session, which stays for cfg.Grace.
+// over, fell behind or ended, the server is shutting down, the client
+// closed, a write or a ping failed. Its cause says why: a closeReason when
+// the server ends it, a code and reason the client reads. Then a writer runs
+// (never resting once ctx has ended) and closes the connection: with that
+// code and reason, or, when the cause is an error, at once. The reader's
+// Read fails: it waits for the writers and pings (finish) and lets go of
+// the session, which stays for cfg.Grace.
 //
 // Under coder/websocket is a wsNetConn: it sends each message in one system
 // call and keeps no buffer while the connection is idle.
@@ -1212,7 +1214,9 @@ func (c *wsConn) wake() {
 	}
 }
 
-// rest ends a writer's run, unless more came since it last looked.
+// rest ends a writer's run, unless more came since it last looked, or ctx
+// has ended: then the writer goes on, to close the connection. (The wake
+// that ctx's end sends comes only once.)
 func (c *wsConn) rest() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -1220,17 +1224,21 @@ func (c *wsConn) rest() bool {
 	case <-c.pending:
 		return false
 	default:
-		c.writing = false
-		return true
 	}
+	if c.ctx.Err() != nil {
+		return false
+	}
+	c.writing = false
+	return true
 }
 
 // writeLoop is a writer: while it runs, the only goroutine that writes
 // messages to the connection. It sends the welcome first, then the events
 // after c.after, batching all the events that are waiting into one message
 // (pace says when), and ends when there is nothing more (rest). When ctx
-// ends it closes the connection with the code and reason of ctx's cause,
-// and stays the last writer.
+// ends, or a write fails, it closes the connection: with the code and
+// reason of ctx's cause when that is a closeReason, else at once, and stays
+// the last writer.
 func (c *wsConn) writeLoop() {
 	defer c.running.Done()
 	c.s.srv.writers.Add(1)
@@ -1242,13 +1250,15 @@ func (c *wsConn) writeLoop() {
 	}
 	for err == nil {
 		c.pace()
-		if c.ctx.Err() != nil { // stopped: replaced, too slow, shutting down
-			err = context.Cause(c.ctx)
-			break
-		}
-		select { // what pending says, appendEvents is about to see
+		// What pending says, the two looks below are about to see. (Not
+		// after them: the wake that ctx's end sends would be lost.)
+		select {
 		case <-c.pending:
 		default:
+		}
+		if c.ctx.Err() != nil { // stopped: replaced, too slow, shutting down, or broken
+			err = context.Cause(c.ctx)
+			break
 		}
 		buf := writeBuffers.Get().(*[]byte)
 		var last int64
@@ -1389,7 +1399,9 @@ func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // connection holds no write buffer. Other writes (control frames: pongs,
 // pings, the close) go straight to the network, or join the gathered
 // message if they come while it is being written. mu keeps the writes in
-// order: coder/websocket holds its own lock for each frame, then mu.
+// order (coder/websocket holds its own lock for each frame, and takes mu
+// within it); send and Close take mu alone. Whoever holds mu writes with a
+// deadline, so Close waits at most writeWait for it.
 type wsNetConn struct {
 	net.Conn
 
