@@ -54,7 +54,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.IntVar(&cfg.Outbox, "outbox", cfg.Outbox, "events kept per session")
 	fs.IntVar(&cfg.PresenceLimit, "presence-limit", cfg.PresenceLimit, "members above which a room stops announcing presence")
 	origins := fs.String("origins", "", "extra origins allowed to open WebSockets and POST, comma-separated host patterns")
-	verbose := fs.Bool("v", false, "log every session's end")
+	verbose := fs.Bool("v", false, "log every session's end and every long-poll wait")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown (for go tool pprof)")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil // -h: the usage is printed, nothing else to do

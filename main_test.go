@@ -14,9 +14,10 @@ import (
 	"github.com/coder/websocket"
 )
 
-// startRun runs the real program, run, with args and returns its base URL
-// and a channel that gets run's result.
-func startRun(t *testing.T, ctx context.Context, args ...string) (string, chan error) {
+// startRun runs the real program, run, with args and returns its base URL,
+// a channel that gets run's result, and one that gets each line it logs
+// (as many as the channel holds).
+func startRun(t *testing.T, ctx context.Context, args ...string) (string, chan error, chan string) {
 	t.Helper()
 	out, w := io.Pipe()
 	result := make(chan error, 1)
@@ -26,6 +27,7 @@ func startRun(t *testing.T, ctx context.Context, args ...string) (string, chan e
 		result <- err
 	}()
 	addr := make(chan string, 1)
+	lines := make(chan string, 100)
 	go func() {
 		re := regexp.MustCompile(`addr=(\S+)`)
 		sc := bufio.NewScanner(out)
@@ -33,11 +35,15 @@ func startRun(t *testing.T, ctx context.Context, args ...string) (string, chan e
 			if m := re.FindStringSubmatch(sc.Text()); m != nil && strings.Contains(sc.Text(), "listening") {
 				addr <- m[1]
 			}
+			select {
+			case lines <- sc.Text():
+			default: // full: run must never wait for the test
+			}
 		}
 	}()
 	select {
 	case a := <-addr:
-		return "http://" + a, result
+		return "http://" + a, result, lines
 	case err := <-result:
 		t.Fatalf("run ended before listening: %v", err)
 	case <-time.After(waitTimeout):
@@ -51,7 +57,7 @@ func startRun(t *testing.T, ctx context.Context, args ...string) (string, chan e
 func TestShutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	base, result := startRun(t, ctx, "-addr", "127.0.0.1:0", "-poll-timeout", "1m")
+	base, result, logged := startRun(t, ctx, "-addr", "127.0.0.1:0", "-poll-timeout", "1m", "-v")
 
 	dialCtx, cancelDial := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancelDial()
@@ -83,7 +89,14 @@ func TestShutdown(t *testing.T) {
 		resp.Body.Close()
 		polled <- resp.StatusCode
 	}()
-	time.Sleep(50 * time.Millisecond) // let the GET reach the server and wait
+	for waiting := false; !waiting; { // until the GET waits in the server
+		select {
+		case line := <-logged:
+			waiting = strings.Contains(line, "long-poll waiting") && strings.Contains(line, "after=1")
+		case <-time.After(waitTimeout):
+			t.Fatal("the long-poll GET is not waiting")
+		}
+	}
 
 	start := time.Now()
 	cancel()

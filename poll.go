@@ -150,6 +150,7 @@ func (srv *server) servePollReceive(w http.ResponseWriter, r *http.Request) {
 
 	timeout := time.NewTimer(srv.cfg.PollTimeout)
 	defer timeout.Stop()
+	srv.log.Debug("long-poll waiting", "after", after)
 	select {
 	case <-p.pending: // events are waiting: answer now
 	case <-p.done: // replaced, ended or shutting down
