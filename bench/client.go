@@ -477,12 +477,18 @@ func (c *client) receive(msg []byte) (last []byte) {
 			}
 		}
 	}
+	c.tally(before, now)
+	return last
+}
+
+// tally adds to the run's counters what one server message brought: the
+// bench messages the client received since it had `before` of them.
+func (c *client) tally(before, now int64) {
 	if n := c.received - before; n > 0 {
 		c.run.delivered.Add(n)
 		c.run.batches.Add(1)
 		storeMax(&c.run.lastDelivery, now)
 	}
-	return last
 }
 
 // receivePeer counts the bench messages in a message from a peer: lines of
@@ -499,11 +505,7 @@ func (c *client) receivePeer(msg []byte) (last []byte) {
 			c.count(id, now-sent)
 		}
 	}
-	if n := c.received - before; n > 0 {
-		c.run.delivered.Add(n)
-		c.run.batches.Add(1)
-		storeMax(&c.run.lastDelivery, now)
-	}
+	c.tally(before, now)
 	return msg
 }
 
