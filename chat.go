@@ -694,7 +694,7 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 	}
 	if !s.rate.take(srv.cfg.Rate, srv.cfg.Burst, time.Now()) {
 		// Not remembered: the client may send the same ack number again.
-		s.push(encodeAnswer(env.Event, ack, ackData{}, &chatError{"rate_limited", "too many events: slow down"}))
+		s.pushShared(encodeAnswer(env.Event, ack, ackData{}, &chatError{"rate_limited", "too many events: slow down"}))
 		return true
 	}
 	if answer, ok := s.acks[ack]; ok {
@@ -712,12 +712,8 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 	if ack == 0 && err == nil {
 		return true // done, and nobody asked to hear so
 	}
-	if j := result.roomJoined; j != nil && err == nil { // join_room: never remembered (rejoinable)
-		s.pushShared(encodeJoined(`{"event":"ack","ack":`+strconv.FormatInt(ack, 10)+`,"data":{"ok":true,`, j))
-		return true
-	}
-	answer := encodeAnswer(env.Event, ack, result, err)
-	if ack > 0 && !rejoinable[env.Event] {
+	answer, shared := encodeAnswer(env.Event, ack, result, err)
+	if ack > 0 && !rejoinable[env.Event] { // (only join_room's answer has a shared part)
 		s.acks[ack] = answer
 		s.ackOrder = append(s.ackOrder, ack)
 		if len(s.ackOrder) > rememberedAcks {
@@ -725,13 +721,16 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 			s.ackOrder = s.ackOrder[1:]
 		}
 	}
-	s.push(answer)
+	s.pushShared(answer, shared)
 	return true
 }
 
 // encodeAnswer encodes the answer to an event: an ack when the client gave
-// an ack number, else an error event (only when err is set).
-func encodeAnswer(event string, ack int64, result ackData, err error) []byte {
+// an ack number, else an error event (only when err is set). A join's ack
+// carries the fields of room_joined, and like room_joined it comes in two
+// parts, the second the room's shared users list (encodeJoined); every
+// other answer is one.
+func encodeAnswer(event string, ack int64, result ackData, err error) (answer, shared []byte) {
 	var ce *chatError
 	if err != nil && !errors.As(err, &ce) {
 		ce = badRequest("%v", err)
@@ -740,14 +739,17 @@ func encodeAnswer(event string, ack int64, result ackData, err error) []byte {
 		return encodeEvent("error", struct {
 			*chatError
 			Event string `json:"event,omitempty"`
-		}{ce, event})
+		}{ce, event}), nil
 	}
 	if ce != nil {
 		result = ackData{Error: ce}
 	} else {
 		result.OK = true
 	}
-	return encodeAck(ack, result)
+	if j := result.roomJoined; j != nil {
+		return encodeJoined(`{"event":"ack","ack":`+strconv.FormatInt(ack, 10)+`,"data":{"ok":true,`, j)
+	}
+	return encodeAck(ack, result), nil
 }
 
 // decodeData decodes an event's data object into v. Absent or null data is
