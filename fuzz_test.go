@@ -30,7 +30,13 @@ func FuzzEnvelope(f *testing.F) {
 	srv, s := fuzzSession(f)
 	var seen int64
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		srv.handleMessage(s, msg, func() {})
+		list, bad := splitEnvelopes(msg) // as wsConn.handle does
+		if bad != nil {
+			list = []json.RawMessage{msg}
+		}
+		for _, raw := range list {
+			srv.handle(s, raw)
+		}
 		out, last := s.appendEvents(nil, seen, true)
 		var events []event
 		if err := json.Unmarshal(out, &events); err != nil {

@@ -175,9 +175,9 @@ func (srv *server) serveSendForm(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g := srv.room(defaultRoomName)
-	srv.store(g, name, text)
+	srv.publish(g, name, text)
 	srv.forgetIdle(g) // general may have nobody in it: then it counts as idle
-	srv.unlock()
+	srv.mu.Unlock()
 
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
@@ -218,7 +218,7 @@ func (srv *server) serveMessages(w http.ResponseWriter, r *http.Request) {
 		name = defaultRoomName
 	}
 	if err := validRoom(name); err != nil {
-		writeError(w, http.StatusBadRequest, err.(*chatError))
+		writeError(w, http.StatusBadRequest, toChatError(err))
 		return
 	}
 	since, err := parseSeq(r.URL.Query().Get("since")) // a message id, parsed like a seq

@@ -28,26 +28,21 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/coder/websocket"
 )
-
-// maxPollBody is the largest POST /poll body (and form post), in bytes.
-const maxPollBody = 64 << 10
 
 // pollWait is one GET /poll waiting for a session's events: the session's
 // transport while it waits.
 type pollWait struct {
-	pending  wakeup        // "the outbox has events"
+	ready    bell          // "the outbox has events"
 	done     chan struct{} // closed by stop
 	once     sync.Once
 	replaced atomic.Bool // a newer transport took over: answer [] at once
 }
 
-func (p *pollWait) wake() { p.pending.wake() }
+func (p *pollWait) wake() { p.ready.ring() }
 
-func (p *pollWait) stop(code websocket.StatusCode, reason string) {
-	if code == statusReplaced {
+func (p *pollWait) stop(why closeReason) {
+	if why == closeReplaced {
 		p.replaced.Store(true)
 	}
 	p.once.Do(func() { close(p.done) })
@@ -64,7 +59,7 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 	if sid == "" {
 		s, err := srv.openSession(r.URL.Query().Get("username"), nil)
 		if err != nil {
-			writeError(w, http.StatusServiceUnavailable, err.(*chatError))
+			writeError(w, http.StatusServiceUnavailable, toChatError(err))
 			return
 		}
 		writeRawJSON(w, http.StatusOK, srv.encodeWelcome(s, false))
@@ -132,14 +127,14 @@ func (srv *server) servePollReceive(w http.ResponseWriter, r *http.Request) {
 	defer srv.conns.Done()
 
 	// Attaching also acknowledges: the client has every event up to after.
-	p := &pollWait{pending: make(wakeup, 1), done: make(chan struct{})}
-	s, err := srv.resumeSession(q.Get("sid"), after, p)
-	switch err {
-	case nil:
-	case errCursorAhead:
+	p := &pollWait{ready: newBell(), done: make(chan struct{})}
+	s, err := srv.continueSession(q.Get("sid"), after, p)
+	switch {
+	case err == nil:
+	case errors.Is(err, errCursorAhead):
 		writeError(w, http.StatusBadRequest, errCursorAhead)
 		return
-	case errShuttingDown:
+	case errors.Is(err, errShuttingDown):
 		writeRawJSON(w, http.StatusOK, []byte("[]"))
 		return
 	default: // gone, or the events after `after` are
@@ -152,7 +147,7 @@ func (srv *server) servePollReceive(w http.ResponseWriter, r *http.Request) {
 	defer timeout.Stop()
 	srv.log.Debug("long-poll waiting", "after", after)
 	select {
-	case <-p.pending: // events are waiting: answer now
+	case <-p.ready: // events are waiting: answer now
 	case <-p.done: // replaced, ended or shutting down
 	case <-timeout.C:
 	case <-srv.ctx.Done():

@@ -1,27 +1,35 @@
 // Sessions: one user's presence on the server, and the outbox of numbered
-// events that a transport carries to the client.
+// events that a transport carries to the client (PROTOCOL.md section 5).
 //
-// A session outlives its connection for a grace period, so a reload or a
-// dropped network costs nothing: the client comes back with its sid and the
-// last seq it processed, and gets exactly what it missed. Everything a
-// session is told goes through push into its outbox; a transport (chat.go's
-// WebSocket, poll.go's long-poll) attaches to the session, is woken by push,
-// and sends what is waiting. Producing an event never waits on a network.
+// A connection is fragile: a reload, a phone changing networks, a proxy
+// timing out. A session is not. It outlives its connection for a grace
+// period, so a dropped network costs nothing: the client comes back with
+// its sid and the last seq it processed, and gets exactly what it missed.
+//
+// Everything a session is told goes through push into its outbox, a list of
+// its last cfg.Outbox events numbered by seq. A transport (websocket.go,
+// poll.go) attaches to the session, is woken by push, and sends what is
+// waiting. What makes it lossless: nothing leaves the outbox until it is
+// older than cfg.Outbox events, so whatever the client missed is still
+// there when it asks again. What keeps it bounded: a client that falls
+// further behind than that is a slow reader, and is dropped.
+//
+// Locks: srv.mu guards the chat state of a session (name, rooms, acks);
+// outboxMu guards its outbox and transport, so that a transport can send
+// without the chat's lock. The order is always srv.mu, then outboxMu.
 package main
 
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"maps"
 	mathrand "math/rand/v2"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/coder/websocket"
 )
 
 // session is one user's presence: its sid, name and rooms, and the outbox of
@@ -30,7 +38,7 @@ type session struct {
 	srv *server
 	sid string // 128 random bits; a secret, never shown to others
 
-	// The chat state of the session, guarded by srv.mu (chat.go).
+	// The chat state of the session, guarded by srv.mu (server.go).
 	name     string
 	key      string // strings.ToLower(name): names are unique by it
 	rooms    map[string]*room
@@ -41,9 +49,8 @@ type session struct {
 	grace    *time.Timer // runs while no transport is attached
 	ended    bool
 
-	// outboxMu guards the outbox and the transport reading it, so that a
-	// transport can send without touching the chat state. Lock order:
-	// srv.mu before outboxMu, never the other way round.
+	// outboxMu guards the outbox and the transport reading it (the top
+	// of this file says why it is a lock of its own).
 	outboxMu    sync.Mutex
 	outbox      []outEvent // the last cfg.Outbox events, by seq
 	outboxBytes int        // the bytes of their bodies, at most maxOutboxBytes
@@ -57,34 +64,46 @@ type session struct {
 	transport transport // nil while detached
 }
 
-// outEvent is one event in an outbox: the envelope without its seq,
-// `{"event":…,"data":…,"seq":`, is body followed by shared (mostly nil;
-// encodeJoined uses it). A broadcast shares one body among all the
-// members' outboxes; the writer appends the number and the closing brace.
-type outEvent struct {
-	seq    int64
-	body   []byte
-	shared []byte // the end of the envelope, kept once for many outboxes
-}
-
 // transport carries a session's outbox to its client: a WebSocket
 // connection, or the long-poll GET waiting right now.
 type transport interface {
 	// wake says that events are waiting. It never blocks.
 	wake()
-	// stop ends the transport, telling the client why (a WebSocket close
-	// code and reason). It never blocks.
-	stop(code websocket.StatusCode, reason string)
+	// stop ends the transport, telling the client why. It never blocks.
+	stop(why closeReason)
 }
 
-// wakeup is a transport's wake-up call: one slot, so sending never blocks
-// and many pushes while the transport is busy wake it once.
-type wakeup chan struct{}
+// closeReason is why a transport is stopped: a WebSocket close code and a
+// reason the client reads (PROTOCOL.md section 5). A long-poll client
+// learns the same from its next GET.
+type closeReason struct {
+	code   int
+	reason string
+}
 
-func (c wakeup) wake() {
+func (c closeReason) Error() string { return fmt.Sprintf("close %d: %s", c.code, c.reason) }
+
+// The reasons a server stops a transport.
+var (
+	closeEnded     = closeReason{1000, "session ended"}
+	closeGoingAway = closeReason{1001, "server shutting down"}
+	closeTooSlow   = closeReason{1008, "too slow"}
+	closeBusy      = closeReason{1013, "server busy"}
+	// closeReplaced: another transport (a new connection with the same
+	// sid) took the session over. A client must not resume that sid again.
+	closeReplaced = closeReason{4000, "replaced"}
+)
+
+// bell is a wake-up call: one slot, so ringing never blocks, and many
+// rings while the receiver is busy wake it once.
+type bell chan struct{}
+
+func newBell() bell { return make(bell, 1) }
+
+func (c bell) ring() {
 	select {
 	case c <- struct{}{}:
-	default: // already signalled: the transport will see every event anyway
+	default: // already rung: the receiver will see everything anyway
 	}
 }
 
@@ -93,10 +112,6 @@ func (c wakeup) wake() {
 // full room again and again would otherwise pin 256 of them. It holds a
 // few full histories (100 messages of 2,000 characters are 200-800 KiB).
 const maxOutboxBytes = 4 << 20
-
-// statusReplaced closes a transport that another one (a new connection with
-// the same sid) has taken over. A client must not resume that sid again.
-const statusReplaced websocket.StatusCode = 4000
 
 // Why a session cannot be opened or resumed.
 var (
@@ -119,7 +134,7 @@ func newSID() string {
 // grace period starts.
 func (srv *server) openSession(wanted string, t transport) (*session, error) {
 	srv.mu.Lock()
-	defer srv.unlock()
+	defer srv.mu.Unlock()
 	if srv.closed {
 		return nil, errShuttingDown
 	}
@@ -162,15 +177,15 @@ func (srv *server) guestName() string {
 	}
 }
 
-// resumeSession attaches t to the session sid, to send the events after
-// `after`. It fails with errUnknownSession when there is no such session or
+// continueSession attaches t to the session sid, to send the events after
+// `after`: a WebSocket that resumes, and every long-poll GET. It fails with errUnknownSession when there is no such session or
 // its outbox no longer holds those events; in the second case it ends the
 // session, so that the client, starting over, finds its name free. A cursor
 // beyond the last event (errCursorAhead) is a client's mistake: the session
 // is left alone.
-func (srv *server) resumeSession(sid string, after int64, t transport) (*session, error) {
+func (srv *server) continueSession(sid string, after int64, t transport) (*session, error) {
 	srv.mu.Lock()
-	defer srv.unlock()
+	defer srv.mu.Unlock()
 	if srv.closed {
 		return nil, errShuttingDown
 	}
@@ -179,7 +194,7 @@ func (srv *server) resumeSession(sid string, after int64, t transport) (*session
 		return nil, errUnknownSession
 	}
 	err := srv.attach(s, t, after)
-	if err == errUnknownSession {
+	if errors.Is(err, errUnknownSession) {
 		srv.endSession(s, "cannot resume")
 	}
 	if err != nil {
@@ -201,7 +216,7 @@ func (srv *server) attach(s *session, t transport, after int64) error {
 		return errUnknownSession
 	}
 	if s.transport != nil && s.transport != t {
-		s.transport.stop(statusReplaced, "replaced")
+		s.transport.stop(closeReplaced)
 	}
 	s.transport = t
 	s.delivered = after
@@ -217,7 +232,7 @@ func (srv *server) attach(s *session, t transport, after int64) error {
 // transport, and starts the grace period.
 func (srv *server) detach(s *session, t transport) {
 	srv.mu.Lock()
-	defer srv.unlock()
+	defer srv.mu.Unlock()
 	s.outboxMu.Lock()
 	current := s.transport == t
 	if current {
@@ -239,7 +254,7 @@ func (srv *server) startGrace(s *session) {
 	var t *time.Timer
 	t = time.AfterFunc(srv.cfg.Grace, func() {
 		srv.mu.Lock()
-		defer srv.unlock()
+		defer srv.mu.Unlock()
 		if s.grace == t { // not stopped or restarted since
 			srv.endSession(s, "grace period over")
 		}
@@ -269,7 +284,7 @@ func (srv *server) endSession(s *session, why string) {
 	delete(srv.names, s.key)
 	s.outboxMu.Lock()
 	if s.transport != nil {
-		s.transport.stop(websocket.StatusNormalClosure, "session ended")
+		s.transport.stop(closeEnded)
 		s.transport = nil
 	}
 	s.outbox = nil
@@ -282,9 +297,7 @@ func (srv *server) endSession(s *session, why string) {
 //
 // A session that falls more than cfg.Outbox events behind its client is a
 // slow reader: its transport is closed at once (1008, "too slow") so that it
-// never holds back anyone else, and the session ends when the caller lets go
-// of srv.mu (srv.unlock). Not here: the caller may be halfway through a
-// room's members, and the others must all see the same order of events.
+// never holds back anyone else, and the session is ended by dropSlow.
 func (s *session) push(body []byte) {
 	s.pushShared(body, nil)
 }
@@ -309,14 +322,24 @@ func (s *session) pushShared(body, shared []byte) {
 	if s.lastSeq-s.delivered > int64(s.srv.cfg.Outbox) || s.outboxBytes > maxOutboxBytes {
 		s.slow = true
 		if s.transport != nil {
-			s.transport.stop(websocket.StatusPolicyViolation, "too slow")
+			s.transport.stop(closeTooSlow)
 		}
-		s.srv.dropping = append(s.srv.dropping, s)
+		go s.srv.dropSlow(s)
 		return
 	}
 	if s.transport != nil {
 		s.transport.wake()
 	}
+}
+
+// dropSlow ends a session that fell behind. It runs on a goroutine of its
+// own, once per session, as soon as srv.mu is free: push cannot end the
+// session itself, because its caller may be halfway through a room's
+// members, and they must all see the same events in the same order.
+func (srv *server) dropSlow(s *session) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	srv.endSession(s, "too slow")
 }
 
 // appendEvents appends to buf the events after seq `after`, as one JSON
@@ -339,10 +362,7 @@ func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int
 		if i > 0 {
 			buf = append(buf, ',')
 		}
-		buf = append(buf, e.body...)
-		buf = append(buf, e.shared...)
-		buf = strconv.AppendInt(buf, e.seq, 10)
-		buf = append(buf, '}')
+		buf = e.append(buf)
 	}
 	if array {
 		buf = append(buf, ']')
@@ -365,21 +385,4 @@ func (s *session) markDelivered(t transport, seq int64) {
 		s.delivered = max(s.delivered, seq)
 	}
 	s.outboxMu.Unlock()
-}
-
-// bucket is a token bucket: cfg.Rate tokens a second, at most cfg.Burst.
-type bucket struct {
-	tokens float64
-	at     time.Time
-}
-
-// take reports whether one event may pass now.
-func (b *bucket) take(rate float64, burst int, now time.Time) bool {
-	b.tokens = min(float64(burst), b.tokens+now.Sub(b.at).Seconds()*rate)
-	b.at = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }

@@ -230,7 +230,7 @@ func TestCrowd(t *testing.T) {
 }
 
 // TestPings: the server pings every cfg.PingEvery, also while it writes
-// events (a ping then joins the message being gathered, wsNetConn). A client
+// events (a ping then joins the message being gathered, gatheredConn). A client
 // that answers stays and gets every event, in order; one that does not
 // answer within cfg.PongWait is dropped (and its session ends after grace).
 func TestPings(t *testing.T) {
@@ -301,7 +301,7 @@ func TestIdleHasNoWriter(t *testing.T) {
 	for _, c := range clients {
 		c.waitFor("new_message")
 	}
-	waitUntil(t, waitTimeout, "every writer rested", func() bool { return srv.writers.Load() == 0 })
+	waitUntil(t, waitTimeout, "every writer rested", func() bool { return srv.budget.writers.Load() == 0 })
 
 	// And they start again: an event after the rest still arrives.
 	clients[1].emit("send_message", map[string]any{"text": "again"}, 0)
@@ -315,7 +315,7 @@ func TestIdleHasNoWriter(t *testing.T) {
 // TestFirstFrameWithHandshake: a client may send its first frame right
 // behind the upgrade request, before it sees the answer. net/http has then
 // read it already, and the connection keeps net/http's reader to get it
-// (smallBuffers.Hijack).
+// (hijacker.Hijack).
 func TestFirstFrameWithHandshake(t *testing.T) {
 	t.Parallel()
 	_, ts := startServer(t, nil)
@@ -370,7 +370,7 @@ func TestFirstFrameWithHandshake(t *testing.T) {
 
 // TestClientCloseWhileStreaming: a client that closes while events stream
 // to it gets the server's answer to its close frame, even when that answer
-// joins a message the writer is gathering (wsNetConn.Close sends it).
+// joins a message the writer is gathering (gatheredConn.Close sends it).
 func TestClientCloseWhileStreaming(t *testing.T) {
 	t.Parallel()
 	_, ts := startServer(t, func(c *config) { c.Rate, c.Burst = 1e6, 1e6 })

@@ -1,0 +1,395 @@
+// The events a client sends (PROTOCOL.md sections 1-4), and one small
+// handler for each.
+//
+// Both transports deliver the same thing: a JSON envelope
+// {"event": name, "data": {...}, "ack": n}, or an array of them. handle
+// decodes one, looks its name up in the handlers table, and runs the
+// handler with srv.mu held. A handler changes rooms and sessions, pushes
+// the events it causes into outboxes (chat.go broadcasts them), and returns
+// its result. handle then answers: by an ack when the client gave an ack
+// number, by an error event when something failed and nobody asked.
+//
+// Acks make sending reliable: a client that lost its connection sends the
+// same ack number again, and gets the answer it missed instead of a second
+// copy of its message (the session remembers its last answers).
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// envelope is one event from a client (PROTOCOL.md section 1).
+type envelope struct {
+	Event string          `json:"event"`
+	Data  json.RawMessage `json:"data"`
+	Ack   json.RawMessage `json:"ack"`
+}
+
+// chatError is a failure with a code of PROTOCOL.md section 4.
+type chatError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *chatError) Error() string { return e.Code + ": " + e.Message }
+
+func badRequest(format string, args ...any) *chatError {
+	return &chatError{"bad_request", fmt.Sprintf(format, args...)}
+}
+
+// toChatError returns err as the chatError a client reads: err itself when
+// it is one, else bad_request.
+func toChatError(err error) *chatError {
+	var ce *chatError
+	if errors.As(err, &ce) {
+		return ce
+	}
+	return badRequest("%v", err)
+}
+
+// splitEnvelopes splits a client message into its envelopes: one JSON
+// object, or a JSON array of them (each element still to be checked). It
+// fails only when msg is not JSON at all.
+func splitEnvelopes(msg []byte) ([]json.RawMessage, *chatError) {
+	msg = bytes.TrimSpace(msg)
+	if !json.Valid(msg) {
+		return nil, badRequest("the message is not valid JSON")
+	}
+	if msg[0] != '[' {
+		return []json.RawMessage{msg}, nil
+	}
+	var list []json.RawMessage
+	json.Unmarshal(msg, &list) // cannot fail: valid JSON, an array
+	return list, nil
+}
+
+// decodeEnvelope checks one envelope. It returns the ack number (0 for none)
+// even when the rest is bad, so that the failure can be answered by ack.
+func decodeEnvelope(raw json.RawMessage) (envelope, int64, error) {
+	var env envelope
+	if !json.Valid(raw) {
+		return env, 0, badRequest("the message is not valid JSON")
+	}
+	if raw[0] != '{' {
+		return env, 0, badRequest("an event must be a JSON object with an \"event\" name")
+	}
+	// Data and Ack take any JSON, so in an object the only type error left
+	// is an event name that is not a string; Unmarshal still fills the
+	// other fields, and the ack number can answer the failure.
+	badName := json.Unmarshal(raw, &env) != nil
+	var ack int64
+	if len(env.Ack) > 0 && string(env.Ack) != "null" {
+		n, err := strconv.ParseInt(string(env.Ack), 10, 64)
+		if err != nil || n <= 0 {
+			return env, 0, badRequest("ack must be a positive integer")
+		}
+		ack = n
+	}
+	if badName || !validEventName(env.Event) {
+		return env, ack, badRequest("event must be 1-32 characters of a-z and _")
+	}
+	return env, ack, nil
+}
+
+func validEventName(name string) bool {
+	if len(name) < 1 || len(name) > 32 {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if (c < 'a' || c > 'z') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// ackData is the data of an ack event: ok, and either the error or the
+// event's result (PROTOCOL.md section 4).
+type ackData struct {
+	OK       bool            `json:"ok"`
+	Error    *chatError      `json:"error,omitempty"`
+	Message  any             `json:"message,omitempty"`  // send_message, private_message
+	Username string          `json:"username,omitempty"` // set_username
+	Data     json.RawMessage `json:"data,omitempty"`     // echo_message
+	*roomJoined
+	*roomList
+}
+
+// handlers maps each client event to the function that applies it. Each
+// runs with srv.mu held, pushes the events it causes, and returns its
+// result for the ack.
+var handlers = map[string]func(srv *server, s *session, data json.RawMessage) (ackData, error){
+	"echo_message":    (*server).echoMessage,
+	"send_message":    (*server).sendMessage,
+	"join_room":       (*server).joinRoom,
+	"leave_room":      (*server).leaveRoom,
+	"set_username":    (*server).setUsername,
+	"typing_start":    (*server).typingStart,
+	"typing_stop":     (*server).typingStop,
+	"private_message": (*server).privateMessage,
+	"list_rooms":      (*server).listRooms,
+}
+
+// appliedAgain are the events whose answers are not remembered: a resent
+// one is applied again instead. That is safe (they change nothing twice),
+// and their answers carry a room's history or the whole room list, too big
+// to keep 256 of for every session.
+var appliedAgain = map[string]bool{"join_room": true, "list_rooms": true, "echo_message": true}
+
+// handle applies one envelope and answers it: by ack when it has an ack
+// number, else by an error event if it failed. It reports false when the
+// session has ended (or the server is closing), and nothing was done.
+func (srv *server) handle(s *session, raw json.RawMessage) bool {
+	env, ack, err := decodeEnvelope(raw)
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if s.ended || srv.closed {
+		return false
+	}
+	if !s.rate.take(srv.cfg.Rate, srv.cfg.Burst, time.Now()) {
+		// Not remembered: the client may send the same ack number again.
+		s.pushShared(encodeAnswer(env.Event, ack, ackData{}, &chatError{"rate_limited", "too many events: slow down"}))
+		return true
+	}
+	if answer, ok := s.acks[ack]; ok {
+		s.push(answer) // a resent event: answered again, not applied again
+		return true
+	}
+	var result ackData
+	if err == nil {
+		if apply := handlers[env.Event]; apply != nil {
+			result, err = apply(srv, s, env.Data)
+		} else {
+			err = &chatError{"unknown_event", fmt.Sprintf("there is no event %q", env.Event)}
+		}
+	}
+	if ack == 0 && err == nil {
+		return true // done, and nobody asked to hear so
+	}
+	answer, shared := encodeAnswer(env.Event, ack, result, err)
+	if ack > 0 && !appliedAgain[env.Event] { // (only join_room's answer has a shared part)
+		s.remember(ack, answer)
+	}
+	s.pushShared(answer, shared)
+	return true
+}
+
+// remember keeps the answer to ack number ack, for a client that sends the
+// same event again: the last rememberedAcks of them. srv.mu is held.
+func (s *session) remember(ack int64, answer []byte) {
+	s.acks[ack] = answer
+	s.ackOrder = append(s.ackOrder, ack)
+	if len(s.ackOrder) > rememberedAcks {
+		delete(s.acks, s.ackOrder[0])
+		s.ackOrder = s.ackOrder[1:]
+	}
+}
+
+// decodeData decodes an event's data object into v. Absent or null data is
+// an empty object.
+func decodeData(data json.RawMessage, v any) error {
+	if len(data) == 0 || string(data) == "null" {
+		return nil
+	}
+	if data[0] != '{' {
+		return badRequest("data must be a JSON object")
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return badRequest("data has the wrong shape: %v", err)
+	}
+	return nil
+}
+
+// memberRoom checks a room name and that s is in that room.
+func memberRoom(s *session, name string) (*room, error) {
+	if name == "" {
+		name = defaultRoomName
+	}
+	if err := validRoom(name); err != nil {
+		return nil, err
+	}
+	r := s.rooms[name]
+	if r == nil {
+		return nil, &chatError{"not_in_room", fmt.Sprintf("you are not in room %q: join it first", name)}
+	}
+	return r, nil
+}
+
+// echoMessage sends the data back to the sender alone: the "hello world" of
+// real-time.
+func (srv *server) echoMessage(s *session, data json.RawMessage) (ackData, error) {
+	if len(data) == 0 {
+		data = json.RawMessage("null")
+	}
+	s.push(encodeEvent("echo_response", data))
+	return ackData{Data: data}, nil
+}
+
+func (srv *server) sendMessage(s *session, data json.RawMessage) (ackData, error) {
+	var req struct{ Text, Room string }
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	r, err := memberRoom(s, req.Room)
+	if err != nil {
+		return ackData{}, err
+	}
+	if err := validText(req.Text); err != nil {
+		return ackData{}, err
+	}
+	srv.stopTyping(s, r)
+	m := srv.publish(r, s.name, req.Text)
+	return ackData{Message: m}, nil
+}
+
+func (srv *server) joinRoom(s *session, data json.RawMessage) (ackData, error) {
+	var req struct {
+		Room  string
+		Since int64
+	}
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	if err := validRoom(req.Room); err != nil {
+		return ackData{}, err
+	}
+	joined, err := srv.join(s, req.Room, req.Since)
+	if err != nil {
+		return ackData{}, err
+	}
+	return ackData{roomJoined: joined}, nil
+}
+
+func (srv *server) leaveRoom(s *session, data json.RawMessage) (ackData, error) {
+	var req struct{ Room string }
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	if err := validRoom(req.Room); err != nil {
+		return ackData{}, err
+	}
+	r, err := memberRoom(s, req.Room)
+	if err != nil {
+		return ackData{}, err
+	}
+	srv.leave(s, r)
+	return ackData{}, nil
+}
+
+func (srv *server) setUsername(s *session, data json.RawMessage) (ackData, error) {
+	var req struct{ Username string }
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	name, err := validUsername(req.Username)
+	if err != nil {
+		return ackData{}, err
+	}
+	if other := srv.names[strings.ToLower(name)]; other != nil && other != s {
+		return ackData{}, &chatError{"username_taken", fmt.Sprintf("%q is taken", name)}
+	}
+	old := s.name
+	if name == old {
+		return ackData{Username: name}, nil
+	}
+	for _, r := range s.rooms {
+		r.remove(s) // while the old name still finds it
+	}
+	delete(srv.names, s.key)
+	s.name, s.key = name, strings.ToLower(name)
+	srv.names[s.key] = s
+	for _, roomName := range slices.Sorted(maps.Keys(s.rooms)) {
+		r := s.rooms[roomName]
+		r.add(s)
+		renamed := struct {
+			Room string `json:"room"`
+			Old  string `json:"old"`
+			New  string `json:"new"`
+		}{r.name, old, name}
+		srv.announce(r, s, "user_renamed", renamed)
+		s.push(encodeEvent("user_renamed", renamed))
+	}
+	return ackData{Username: name}, nil
+}
+
+func (srv *server) typingStart(s *session, data json.RawMessage) (ackData, error) {
+	var req struct{ Room string }
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	r, err := memberRoom(s, req.Room)
+	if err != nil {
+		return ackData{}, err
+	}
+	srv.startTyping(s, r)
+	return ackData{}, nil
+}
+
+func (srv *server) typingStop(s *session, data json.RawMessage) (ackData, error) {
+	var req struct{ Room string }
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	r, err := memberRoom(s, req.Room)
+	if err != nil {
+		return ackData{}, err
+	}
+	srv.stopTyping(s, r)
+	return ackData{}, nil
+}
+
+// privateMessage goes to its recipient and back to its sender only; it is
+// not stored.
+func (srv *server) privateMessage(s *session, data json.RawMessage) (ackData, error) {
+	var req struct{ To, Text string }
+	if err := decodeData(data, &req); err != nil {
+		return ackData{}, err
+	}
+	to := srv.names[strings.ToLower(strings.TrimSpace(req.To))]
+	if to == nil {
+		return ackData{}, &chatError{"user_not_found", fmt.Sprintf("nobody called %q is online", req.To)}
+	}
+	if err := validText(req.Text); err != nil {
+		return ackData{}, err
+	}
+	srv.nextID++
+	m := privateMessage{ID: srv.nextID, From: s.name, To: to.name, Text: req.Text, Timestamp: timestamp()}
+	body := encodeEvent("private_message", m)
+	to.push(body)
+	if to != s {
+		s.push(body)
+	}
+	return ackData{Message: m}, nil
+}
+
+// roomList is the data of rooms (and of list_rooms's ack).
+type roomList struct {
+	Rooms []roomInfo `json:"rooms"`
+}
+
+type roomInfo struct {
+	Name  string `json:"name"`
+	Users int    `json:"users"`
+}
+
+func (srv *server) listRooms(s *session, data json.RawMessage) (ackData, error) {
+	if err := decodeData(data, &struct{}{}); err != nil {
+		return ackData{}, err
+	}
+	list := &roomList{Rooms: []roomInfo{}}
+	for _, name := range slices.Sorted(maps.Keys(srv.rooms)) {
+		if n := len(srv.rooms[name].members); n > 0 {
+			list.Rooms = append(list.Rooms, roomInfo{name, n})
+		}
+	}
+	s.push(encodeEvent("rooms", list))
+	return ackData{roomList: list}, nil
+}

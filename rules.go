@@ -1,0 +1,73 @@
+// The rules of PROTOCOL.md section 7: what a username, a room name and a
+// message may be, and how fast a client may send.
+//
+// Every rule is checked where input arrives (events.go, pages.go), before
+// anything changes, so a bad event is answered with a clear error and
+// changes nothing. A rule lives here once, whichever transport or page the
+// input came through.
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// validUsername trims the name and checks it: 1–24 letters, digits, spaces,
+// '-', '_' and '.'.
+func validUsername(name string) (string, error) {
+	name = strings.TrimSpace(name)
+	n := utf8.RuneCountInString(name)
+	ok := n >= 1 && n <= maxUsername && utf8.ValidString(name)
+	for _, c := range name {
+		ok = ok && (unicode.IsLetter(c) || unicode.IsDigit(c) || strings.ContainsRune(" -_.", c))
+	}
+	if !ok {
+		return "", &chatError{"invalid_username", "a username is 1-24 letters, digits, spaces, '-', '_' or '.'"}
+	}
+	return name, nil
+}
+
+// validRoom checks a room name: 1–32 letters, digits, '-', '_' and '.'.
+func validRoom(name string) error {
+	n := utf8.RuneCountInString(name)
+	ok := n >= 1 && n <= maxRoomName && utf8.ValidString(name)
+	for _, c := range name {
+		ok = ok && (unicode.IsLetter(c) || unicode.IsDigit(c) || strings.ContainsRune("-_.", c))
+	}
+	if !ok {
+		return &chatError{"invalid_room", "a room name is 1-32 letters, digits, '-', '_' or '.'"}
+	}
+	return nil
+}
+
+// validText checks a message: 1–2000 characters once spaces are trimmed.
+// The text is stored as given.
+func validText(text string) error {
+	n := utf8.RuneCountInString(strings.TrimSpace(text))
+	if n < 1 || n > maxText {
+		return &chatError{"invalid_message", fmt.Sprintf("a message is 1-%d characters", maxText)}
+	}
+	return nil
+}
+
+// bucket is a token bucket, the rate limit of one session (or, for the
+// form, of one address): cfg.Rate tokens a second, at most cfg.Burst. A
+// client may send a burst, then keeps to the rate.
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+// take reports whether one event may pass now.
+func (b *bucket) take(rate float64, burst int, now time.Time) bool {
+	b.tokens = min(float64(burst), b.tokens+now.Sub(b.at).Seconds()*rate)
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}

@@ -1,0 +1,249 @@
+// The server: every knob in one config, the one mutex over the chat, the
+// routes, and how it all shuts down. This is where the story starts: each
+// file after it is one idea, in the order a message meets them.
+//
+//	server.go     the server, its one mutex, routes, shutdown   (you are here)
+//	pages.go      plain HTTP: the page, a form that posts, /messages
+//	chat.go       rooms and their fan-out: the chat itself
+//	events.go     the events a client sends, one handler each
+//	rules.go      what a name, a room and a message may be
+//	wire.go       every byte the server sends, encoded in one place
+//	session.go    sessions: the outbox, resuming, the grace period
+//	websocket.go  the WebSocket transport
+//	poll.go       the long-poll transport, for when WebSockets are blocked
+//	speed.go      what exists only for speed and memory (skip it at first)
+//
+// There is one lock for the chat, srv.mu. Every handler takes it, changes
+// rooms and sessions, appends events to outboxes, and lets go. Nothing ever
+// waits while holding it: sending happens elsewhere, on each connection's
+// own goroutine. One lock is easy to reason about, and a chat's critical
+// sections are so short that it is not what limits the server (README,
+// Performance).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"sync"
+	"time"
+)
+
+// config holds every knob of the server. main fills it from flags
+// (PROTOCOL.md section 8); tests shrink the timeouts instead of sleeping
+// through them.
+type config struct {
+	Grace         time.Duration // how long a session outlives its transport (30 s)
+	PollTimeout   time.Duration // how long a long-poll GET waits for an event (25 s)
+	History       int           // messages kept per room (100)
+	Rate          float64       // events per second per session (20)
+	Burst         int           // the rate limiter's bucket size (40)
+	MaxSessions   int           // live sessions (10,000)
+	Outbox        int           // events kept per session for resuming (256)
+	PresenceLimit int           // members above which a room is a crowd (200)
+	Origins       []string      // extra origins allowed, as host patterns
+	TypingTimeout time.Duration // typing turns itself off after this (5 s)
+	PingEvery     time.Duration // how often the server pings a WebSocket (30 s)
+	PongWait      time.Duration // how long a ping waits for its pong (10 s); shorter than PingEvery
+	MaxIdleRooms  int           // rooms kept with history but no members (1,000)
+	Logger        *slog.Logger
+}
+
+// defaultConfig returns the defaults of PROTOCOL.md section 8.
+func defaultConfig() config {
+	return config{
+		Grace:         30 * time.Second,
+		PollTimeout:   25 * time.Second,
+		History:       100,
+		Rate:          20,
+		Burst:         40,
+		MaxSessions:   10000,
+		Outbox:        256,
+		PresenceLimit: 200,
+		TypingTimeout: 5 * time.Second,
+		PingEvery:     30 * time.Second,
+		PongWait:      10 * time.Second,
+		MaxIdleRooms:  1000,
+		Logger:        slog.Default(),
+	}
+}
+
+// Limits of PROTOCOL.md section 7 that have no flag.
+const (
+	maxUsername     = 24       // characters
+	maxRoomName     = 32       // characters
+	maxText         = 2000     // characters
+	maxRooms        = 20       // rooms per session
+	maxFrame        = 16 << 10 // bytes in one client WebSocket message
+	maxPollBody     = 64 << 10 // bytes in one POST /poll body, or form post
+	rememberedAcks  = 256      // ack numbers a session answers again
+	defaultRoomName = "general"
+)
+
+// server is the chat: an http.Handler holding every session and room.
+// newServer builds it; close ends it.
+type server struct {
+	cfg config
+	log *slog.Logger
+	mux *http.ServeMux
+
+	// ctx is the lifetime of every WebSocket connection (not r.Context(),
+	// which net/http cancels in ways that have nothing to do with us).
+	// close cancels it with the cause closeGoingAway.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	conns  sync.WaitGroup // WebSocket connections and waiting long-polls
+	budget writeBudget    // how often WebSockets may write (speed.go)
+
+	// mu guards the whole chat state: the maps below and every session's
+	// name, rooms, typing timers, ack answers, rate bucket and grace timer.
+	// Nothing waits while holding it: a broadcast only appends to outboxes.
+	// (Each session's outbox has a lock of its own, taken after mu:
+	// session.go.)
+	mu       sync.Mutex
+	sessions map[string]*session // by sid
+	names    map[string]*session // by lowercase username
+	rooms    map[string]*room    // by name; kept while they have history
+	idle     map[*room]struct{}  // rooms kept only for their history
+	nextID   int64               // the last message id given out
+	formRate map[string]*bucket  // POST /send_message rate, by client IP
+	closed   bool
+}
+
+// newServer builds the server and its routes. A test is
+// httptest.NewServer(newServer(cfg)).
+func newServer(cfg config) *server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	srv := &server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		mux:      http.NewServeMux(),
+		sessions: make(map[string]*session),
+		names:    make(map[string]*session),
+		rooms:    make(map[string]*room),
+		idle:     make(map[*room]struct{}),
+		formRate: make(map[string]*bucket),
+	}
+	// Message ids start from the clock (microseconds, well within what a
+	// JavaScript number holds exactly), so that they keep growing across a
+	// restart: a client that rejoins with `since` from before it misses
+	// nothing.
+	srv.nextID = time.Now().UnixMicro()
+	srv.ctx, srv.cancel = context.WithCancelCause(context.Background())
+
+	// The story in routes: plain HTTP first (pages.go), then the two
+	// transports that carry events (websocket.go, poll.go).
+	srv.mux.HandleFunc("GET /{$}", srv.servePage)
+	srv.mux.HandleFunc("GET /about", srv.serveAbout)
+	srv.mux.HandleFunc("POST /send_message", srv.serveSendForm)
+	srv.mux.HandleFunc("GET /messages", srv.serveMessages)
+	srv.mux.HandleFunc("GET /ws", srv.serveWebSocket)
+	srv.mux.HandleFunc("POST /poll", srv.servePollSend)
+	srv.mux.HandleFunc("GET /poll", srv.servePollReceive)
+	srv.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	return srv
+}
+
+func (srv *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	srv.mux.ServeHTTP(w, r)
+}
+
+// track counts one more connection that close must wait for. It reports
+// false once the server is closing.
+func (srv *server) track() bool {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.closed {
+		return false
+	}
+	srv.conns.Add(1)
+	return true
+}
+
+// close ends the server: every WebSocket is closed with 1001 (going away),
+// every waiting long-poll answers at once, and every timer stops. It waits
+// for the connections until ctx is done (then one goroutine stays behind,
+// waiting for the stragglers: fine for a process about to exit).
+func (srv *server) close(ctx context.Context) {
+	srv.mu.Lock()
+	srv.closed = true
+	for _, s := range srv.sessions {
+		stopTimer(s.grace)
+		for _, t := range s.typing {
+			t.Stop()
+		}
+	}
+	// Before mu is let go: a reader that then finds srv.closed must find its
+	// connection's context ended with this cause, too.
+	srv.cancel(closeGoingAway)
+	srv.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { srv.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		srv.log.Warn("shutdown: connections still closing", "err", ctx.Err())
+	}
+}
+
+// writeJSON answers with v as JSON, never cached.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers {"error": {"code", "message"}}.
+func writeError(w http.ResponseWriter, status int, e *chatError) {
+	writeJSON(w, status, struct {
+		Error *chatError `json:"error"`
+	}{e})
+}
+
+// writeRawJSON answers with b, which is JSON already.
+func writeRawJSON(w http.ResponseWriter, status int, b []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// crossSite reports whether a state-changing request comes from another
+// site: its Origin is neither this host nor allowed by -origins, or, without
+// an Origin, the browser's Sec-Fetch-Site says so. Like a WebSocket
+// handshake (coder/websocket checks the same), a form on another site must
+// not post as our users.
+func (srv *server) crossSite(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		site := r.Header.Get("Sec-Fetch-Site")
+		return site == "cross-site"
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return true // "null" and other opaque origins
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return false
+	}
+	for _, pattern := range srv.cfg.Origins {
+		target := u.Host
+		if strings.Contains(pattern, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		if ok, _ := path.Match(strings.ToLower(pattern), strings.ToLower(target)); ok {
+			return false
+		}
+	}
+	return true
+}

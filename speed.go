@@ -1,0 +1,232 @@
+// What exists only for speed and memory. A reader can skip this file: the
+// chat works the same without any of it, only slower or bigger. Each piece
+// sits behind a named type that the rest of the code calls once, and each
+// says in a line what it buys; README, Performance, has the measurements.
+//
+//   - pacer: when many connections are busy, each waits a little between
+//     writes and sends everything that came meanwhile in one write. Buys the
+//     1,000-client room: far fewer system calls per delivery.
+//   - gatheredConn: a message goes to the network in one system call, and
+//     an idle connection holds no write buffer.
+//   - hijacker: small read and write buffers for a WebSocket's whole life,
+//     instead of net/http's 4 KiB each.
+//   - readNext: the reader reads each message on a fresh goroutine, whose
+//     stack is small again.
+//   - buffers: scratch buffers taken for one write or one encoding, and given
+//     back, so that an idle connection holds none.
+//   - usersList: a crowd's users list is encoded once and shared by every
+//     joiner's room_joined.
+package main
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// writesPerSecond is how many WebSocket writes a second the server allows
+// itself: each write is a system call, and about this many fill one core.
+const writesPerSecond = 60000
+
+// writeBudget counts the WebSocket writers running right now, for pacer.
+// Idle connections have no writer, so only busy ones count.
+type writeBudget struct{ writers atomic.Int64 }
+
+// pacer spaces one connection's writes: after a write, the next waits
+// writers/writesPerSecond (17 ms while 1,000 connections have events to
+// send, 1.7 ms with 100), and carries every event of the wait. A connection
+// that has not written for that long writes at once.
+// Buys: the 1,000-client room keeps up at a fraction of the system calls.
+type pacer struct {
+	budget *writeBudget
+	last   time.Time // the last write
+}
+
+func (p *pacer) begin() { p.budget.writers.Add(1) } // a writer starts
+func (p *pacer) end()   { p.budget.writers.Add(-1) }
+func (p *pacer) wrote() { p.last = time.Now() }
+
+// wait sleeps until the connection may write again.
+func (p *pacer) wait() {
+	wait := time.Duration(p.budget.writers.Load())*time.Second/writesPerSecond - time.Since(p.last)
+	if wait > 0 {
+		time.Sleep(wait)
+	}
+}
+
+// The buffers between a WebSocket and the network, in bytes. A connection
+// keeps them for its whole life. Client events are small. Server messages
+// are gathered whole by gatheredConn, so the write buffer only needs to hold
+// a control frame (at most 127 bytes): then a pong or a close, too, is one
+// system call.
+const (
+	readBuffer  = 512
+	writeBuffer = 128
+)
+
+// hijacker is the ResponseWriter that websocket.Accept hijacks: it hands
+// over the connection as a gatheredConn, with small buffers around it.
+// Buys: net/http's 4 KiB buffers would be most of an idle connection.
+type hijacker struct {
+	http.ResponseWriter
+	conn *gatheredConn
+}
+
+func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.conn = &gatheredConn{Conn: conn}
+	// net/http's reader is kept only when it holds bytes it has read ahead:
+	// a client that sent its first frame before it saw our answer.
+	r := brw.Reader
+	if r.Buffered() == 0 {
+		r = bufio.NewReaderSize(w.conn, readBuffer)
+	}
+	return w.conn, bufio.NewReadWriter(r, bufio.NewWriterSize(w.conn, writeBuffer)), nil
+}
+
+// gatheredConn is the network connection under a WebSocket. While the
+// writer gathers (wsConn.write), what coder/websocket writes is appended to
+// a pooled buffer, and send writes it all in one system call.
+// Buys: one system call per message, and no write buffer while idle.
+//
+// Other writes (control frames: pongs, pings, the close) go straight to the
+// network, or join the gathered message if they come while it is being
+// written. mu keeps the writes in order (coder/websocket holds its own lock
+// for each frame, and takes mu within it); send and Close take mu alone.
+// Whoever holds mu writes with a deadline, so Close waits at most writeWait.
+type gatheredConn struct {
+	net.Conn
+
+	mu       sync.Mutex
+	gathered *[]byte // from writeBuffers; nil when not gathering
+}
+
+func (c *gatheredConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gathered != nil {
+		*c.gathered = append(*c.gathered, p...)
+		return len(p), nil
+	}
+	return c.write(p)
+}
+
+// Close sends what was gathered, then closes. coder/websocket closes the
+// connection as soon as it has answered a client's close frame, and that
+// answer may have joined a message that the writer has not sent yet.
+func (c *gatheredConn) Close() error {
+	c.send()
+	return c.Conn.Close()
+}
+
+// gather starts gathering writes.
+func (c *gatheredConn) gather() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gathered = writeBuffers.get()
+}
+
+// send writes what was gathered, in one system call, and stops gathering.
+func (c *gatheredConn) send() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	buf := c.gathered
+	if buf == nil {
+		return net.ErrClosed // Close has sent it
+	}
+	c.gathered = nil
+	_, err := c.write(*buf)
+	writeBuffers.put(buf)
+	return err
+}
+
+// write writes p to the network within writeWait, or fails, and then the
+// connection is of no more use. The deadline is the write's own, not the
+// connection's context: a write cut short by a cancelled context would
+// drop the connection without a close frame, and the client would never
+// learn why it was closed.
+func (c *gatheredConn) write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(writeWait))
+	return c.Conn.Write(p)
+}
+
+// readNext has the reader read the next message on a fresh goroutine, not
+// in a loop. Handling an event (JSON, reflection) grows a goroutine's stack
+// from 4 to 8 KiB, and a goroutine keeps the stack it grew to; a fresh one
+// waits in Read on 4 KiB, and an idle connection is mostly that goroutine.
+// Clients send little: at the rate limit, a new goroutine 20 times a second.
+// Buys: a smaller idle connection once it has sent an event.
+func (c *wsConn) readNext() { go c.read() }
+
+// buffers is a pool of scratch buffers, each taken for one write or one
+// encoding and given back. Buys: an idle connection holds none.
+type buffers struct{ pool sync.Pool }
+
+// get returns an empty buffer.
+func (b *buffers) get() *[]byte {
+	buf, _ := b.pool.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
+	}
+	*buf = (*buf)[:0]
+	return buf
+}
+
+// put gives buf back; an outsize one goes to the garbage collector.
+func (b *buffers) put(buf *[]byte) {
+	if cap(*buf) <= 64<<10 {
+		b.pool.Put(buf)
+	}
+}
+
+var (
+	writeBuffers  buffers // the messages a writer builds and gathers
+	encodeBuffers buffers // encode's scratch space (wire.go)
+)
+
+// usersList is the users list that room_joined carries: the names of a
+// room's first `listed` members (cfg.PresenceLimit), sorted, and the same
+// encoded as the end of the event, `["alice","bob"]},"seq":`. Both are made
+// when first asked for, kept, and dropped when a change touches them.
+// Buys: every joiner of a crowd gets the same 200 names (3 KiB), which
+// their outboxes share instead of keeping a copy each. (An outbox's byte
+// count still counts them, as if they were its own.)
+type usersList struct {
+	listed int
+	list   []string
+	tail   []byte
+}
+
+// changed drops the kept list if member i was among those listed.
+func (u *usersList) changed(i int) {
+	if i < u.listed {
+		u.list, u.tail = nil, nil
+	}
+}
+
+// names lists the first members' names. The list is shared: it must not
+// be changed.
+func (u *usersList) names(members []*session) []string {
+	if u.list == nil {
+		u.list = make([]string, 0, min(len(members), u.listed))
+		for _, m := range members[:cap(u.list)] {
+			u.list = append(u.list, m.name)
+		}
+	}
+	return u.list
+}
+
+// encoded returns the list as the end of a room_joined event (names must
+// have been called since the last change).
+func (u *usersList) encoded() []byte {
+	if u.tail == nil {
+		u.tail = encode("", u.list, `},"seq":`)
+	}
+	return u.tail
+}

@@ -1,0 +1,348 @@
+// The WebSocket transport: GET /ws (PROTOCOL.md section 5).
+//
+// A WebSocket is one TCP connection that both sides may write to at any
+// time: the server pushes each event the moment it exists. The rules of a
+// connection here, the way gorilla/websocket's chat example states its own:
+//
+//   - One reader (read). Someone always reads the socket, so the client's
+//     pings and close frames are answered. It handles each event it reads
+//     (events.go), and when the connection ends it lets go of the session,
+//     which waits cfg.Grace for the client to come back.
+//   - At most one writer at a time (writeLoop), and only while there is
+//     something to send: a push to the session's outbox wakes one, and it
+//     ends once the outbox is drained. An idle connection has none.
+//   - The writer closes the connection. Whoever wants it closed (a
+//     replacement, a slow-reader drop, the end of the session, shutdown, a
+//     broken socket) cancels the connection's context with a cause; the
+//     writer then sends the close frame that cause names (session.go,
+//     closeReason), or drops a broken connection at once.
+//   - A ping every cfg.PingEvery, from a timer (ping); no pong within
+//     cfg.PongWait and the connection is dropped.
+//
+// Locks: srv.mu, then the session's outboxMu, then the connection's own mu,
+// in that order (push wakes the writer with the first two held).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// writeWait bounds one write to a WebSocket: a client that takes longer to
+// take in one batch of events is dropped.
+const writeWait = 10 * time.Second
+
+// wsConn is one WebSocket connection attached to a session.
+type wsConn struct {
+	conn   *websocket.Conn
+	net    *gatheredConn // the network connection under conn (speed.go)
+	s      *session
+	ctx    context.Context // ends when the connection must close; its cause says why
+	cancel context.CancelCauseFunc
+
+	mu      sync.Mutex     // guards state
+	state   writerState    // whether a writer runs, may start, or never will again
+	running sync.WaitGroup // writers and pings, which finish waits for
+	more    bell           // "the outbox has more": for the running writer
+	written bell           // "the writer has written": for catchUp
+
+	// What one writer hands on to the next. Only the running writer touches
+	// them (mu orders one writer before the next).
+	welcome []byte // sent first; nil once it is
+	after   int64  // the seq of the last event written
+	pace    pacer  // spaces the writes when many connections write (speed.go)
+
+	pinger *time.Timer // the next ping
+}
+
+// writerState says whether a connection's writer runs.
+type writerState int
+
+const (
+	// writerIdle: no writer runs; the next wake starts one.
+	writerIdle writerState = iota
+	// writerRunning: a writer runs (or the first is about to start); a
+	// wake only tells it that more has come.
+	writerRunning
+	// writerClosed: no writer or ping starts again. A writer has closed
+	// the connection, or the reader is done.
+	writerClosed
+)
+
+// serveWebSocket is GET /ws: it upgrades the request to a WebSocket,
+// attaches it to a new or resumed session, and starts its reader, its first
+// writer and its pings.
+func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	after, err := parseSeq(q.Get("after"))
+	if err != nil {
+		http.Error(w, "after must be a seq number", http.StatusBadRequest)
+		return
+	}
+	hj := &hijacker{ResponseWriter: w} // hands over the connection with small buffers (speed.go)
+	conn, err := websocket.Accept(hj, r, &websocket.AcceptOptions{OriginPatterns: srv.cfg.Origins})
+	if err != nil {
+		return // Accept has answered (403 for a foreign origin)
+	}
+	// The HTTP part is over, and this handler returns: the connection goes
+	// on in goroutines of its own, and net/http's goroutine, with the
+	// request and everything it parsed, is freed.
+	if !srv.track() {
+		conn.Close(websocket.StatusGoingAway, closeGoingAway.reason)
+		return
+	}
+	conn.SetReadLimit(maxFrame)
+	ctx, cancel := context.WithCancelCause(srv.ctx)
+	c := &wsConn{
+		conn: conn, net: hj.conn, ctx: ctx, cancel: cancel,
+		more: newBell(), written: newBell(),
+		state: writerRunning, // no writer may start before the welcome is ready
+		pace:  pacer{budget: &srv.budget},
+	}
+
+	// Resume the session the client names, or else open a new one.
+	var s *session
+	if sid := q.Get("sid"); sid != "" {
+		s, err = srv.continueSession(sid, after, c)
+	}
+	resumed := s != nil
+	if !resumed && !errors.Is(err, errShuttingDown) {
+		after = 0
+		s, err = srv.openSession(q.Get("username"), c)
+	}
+	if err != nil {
+		why := closeBusy
+		if errors.Is(err, errShuttingDown) {
+			why = closeGoingAway
+		}
+		conn.Close(websocket.StatusCode(why.code), why.reason)
+		cancel(nil)
+		srv.conns.Done()
+		return
+	}
+
+	c.s, c.after, c.welcome = s, after, srv.encodeWelcome(s, resumed)
+	c.running.Add(1)
+	go c.writeLoop()
+	context.AfterFunc(ctx, c.wake) // whenever ctx ends, a writer runs and closes the connection
+	c.mu.Lock()
+	c.pinger = time.AfterFunc(srv.cfg.PingEvery, c.ping)
+	c.mu.Unlock()
+	go c.read()
+}
+
+// read is the connection's reader: it reads the client's next message and
+// handles its events; when the connection ends, it lets go of the session.
+//
+// It reads with a context that is never cancelled, because coder/websocket
+// drops the connection without a close frame when a Read's context ends;
+// the writer closes the connection instead.
+func (c *wsConn) read() {
+	srv := c.s.srv
+	_, msg, err := c.conn.Read(context.Background())
+	if err == nil && c.handle(msg) {
+		c.readNext() // like a loop, but on a fresh goroutine (speed.go)
+		return
+	}
+	// The connection is broken or closed (err), or the session has ended or
+	// the server is closing, which has ended ctx already.
+	c.cancel(err)
+	c.finish()
+	srv.detach(c.s, c)
+	srv.conns.Done()
+}
+
+// handle applies every event of one client message, in order: a bad one
+// gets its error and the others are still applied. It reports false once
+// the session has ended.
+func (c *wsConn) handle(msg []byte) bool {
+	list, err := splitEnvelopes(msg)
+	if err != nil {
+		list = []json.RawMessage{msg} // handle answers it: bad_request
+	}
+	for _, raw := range list {
+		c.catchUp()
+		if !c.s.srv.handle(c.s, raw) {
+			return false
+		}
+	}
+	return true
+}
+
+// catchUp holds the reader back while the writer is more than half an outbox
+// behind: a client that sends a long batch of events (each answered, or each
+// refused by the rate limit and answered) must not fall behind on its own
+// answers and be dropped as too slow. Like TCP's flow control, the client
+// is slowed to the pace at which it reads. Bounded by writeWait: a client
+// that does not read at all is the slow-reader rule's business.
+func (c *wsConn) catchUp() {
+	deadline := time.Now().Add(writeWait)
+	for c.s.unsent() > int64(c.s.srv.cfg.Outbox/2) && time.Now().Before(deadline) {
+		select {
+		case <-c.written:
+		case <-c.ctx.Done():
+			return
+		case <-time.After(time.Until(deadline)):
+		}
+	}
+}
+
+// finish is the reader's last step: a writer closes the connection (if
+// none has), and once it and any ping are done, nothing starts again.
+func (c *wsConn) finish() {
+	c.wake()
+	c.mu.Lock()
+	c.state = writerClosed
+	c.pinger.Stop()
+	c.mu.Unlock()
+	c.running.Wait()
+}
+
+// stop ends the connection (transport.stop): the context's end has a writer
+// close it with why's code and reason.
+func (c *wsConn) stop(why closeReason) {
+	c.cancel(why)
+}
+
+// wake makes sure a writer runs (transport.wake): it tells the running one
+// that more has come, or starts one. push calls it for every event.
+func (c *wsConn) wake() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch c.state {
+	case writerRunning:
+		c.more.ring()
+	case writerIdle:
+		c.state = writerRunning
+		c.running.Add(1)
+		go c.writeLoop()
+	}
+}
+
+// rest ends a writer's run, unless more came since it last looked, or ctx
+// has ended: then the writer goes on, to close the connection. (The wake
+// that ctx's end sends comes only once.)
+func (c *wsConn) rest() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.more:
+		return false
+	default:
+	}
+	if c.ctx.Err() != nil {
+		return false
+	}
+	c.state = writerIdle
+	return true
+}
+
+// writeLoop is a writer: while it runs, the only goroutine that writes
+// messages to the connection. It sends the welcome first, then the events
+// after c.after, all that are waiting in one message, and ends when there
+// is nothing more (rest). When ctx ends, or a write fails, it closes the
+// connection, and no writer starts after it.
+func (c *wsConn) writeLoop() {
+	defer c.running.Done()
+	c.pace.begin()
+	defer c.pace.end()
+	var err error
+	if c.welcome != nil {
+		err = c.write(c.welcome)
+		c.welcome = nil
+	}
+	for err == nil {
+		c.pace.wait() // events that come meanwhile go out in the same write
+		// Take the ring before looking (not after: the wake that ctx's
+		// end sends would be lost).
+		select {
+		case <-c.more:
+		default:
+		}
+		if c.ctx.Err() != nil { // stopped: replaced, too slow, shutting down, or broken
+			err = context.Cause(c.ctx)
+			break
+		}
+		buf := writeBuffers.get()
+		var last int64
+		*buf, last = c.s.appendEvents((*buf)[:0], c.after, false)
+		waiting := last > c.after
+		if waiting {
+			if err = c.write(*buf); err == nil {
+				c.after = last
+				c.s.markDelivered(c, last)
+				c.pace.wrote()
+				c.written.ring()
+			}
+		}
+		writeBuffers.put(buf)
+		if !waiting && c.rest() {
+			return // drained: the next wake starts a writer again
+		}
+	}
+	c.cancel(err) // (if not yet) a reader waiting in catchUp stops waiting
+	c.mu.Lock()
+	c.state = writerClosed
+	c.mu.Unlock()
+	var why closeReason
+	if errors.As(err, &why) {
+		c.conn.Close(websocket.StatusCode(why.code), why.reason)
+	} else {
+		c.conn.CloseNow() // the peer is gone or broken: no handshake to wait for
+	}
+}
+
+// write sends one message, within writeWait. coder/websocket frames it, and
+// the frame is gathered and sent in one system call (speed.go).
+func (c *wsConn) write(msg []byte) error {
+	c.net.gather()
+	err := c.conn.Write(context.Background(), websocket.MessageText, msg)
+	return errors.Join(err, c.net.send())
+}
+
+// ping sends a ping and waits for the pong, at most cfg.PongWait (a live
+// client answers at once); the next ping is cfg.PingEvery after the pong.
+// A client that does not answer is dropped. It runs on its timer's own
+// goroutine.
+func (c *wsConn) ping() {
+	c.mu.Lock()
+	if c.state == writerClosed {
+		c.mu.Unlock()
+		return
+	}
+	c.running.Add(1)
+	c.mu.Unlock()
+	defer c.running.Done()
+
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.srv.cfg.PongWait)
+	defer cancel()
+	if err := c.conn.Ping(ctx); err != nil {
+		c.cancel(fmt.Errorf("no pong: %w", err)) // a writer drops the connection
+		return
+	}
+	c.mu.Lock()
+	if c.state != writerClosed {
+		c.pinger.Reset(c.s.srv.cfg.PingEvery)
+	}
+	c.mu.Unlock()
+}
+
+// parseSeq parses an `after` cursor; empty is 0.
+func parseSeq(v string) (int64, error) {
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, errors.New("not a seq number")
+	}
+	return n, nil
+}

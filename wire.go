@@ -1,0 +1,133 @@
+// Every byte the server sends, encoded in one place (PROTOCOL.md sections
+// 1-3).
+//
+// Each event a session is told carries a seq, its number in that session:
+//
+//	{"event":"new_message","data":{"id":1764612000000001,"room":"general",…},"seq":42}
+//
+// The client keeps the highest seq it has processed and, after a dropped
+// connection, asks for what comes after it (session.go). But a broadcast
+// goes to many sessions, each with its own seq: so an event is encoded once,
+// without its number, ending just before it:
+//
+//	{"event":"new_message","data":{…},"seq":
+//
+// and those same bytes go into every member's outbox. Each transport adds
+// its session's number and the closing brace as it sends (outEvent.append).
+// Several events waiting together go out as one JSON array.
+//
+// The one event without a seq is welcome, the first of every connection.
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"strconv"
+)
+
+// outEvent is one event in an outbox: its seq, and the envelope without
+// its seq, `{"event":…,"data":…,"seq":`, which is body followed by shared.
+// shared is mostly nil: it is the part that many outboxes keep once (a
+// crowd's users list, encodeJoined).
+type outEvent struct {
+	seq    int64
+	body   []byte
+	shared []byte
+}
+
+// append appends the whole envelope to buf: body, shared, the seq and `}`.
+func (e outEvent) append(buf []byte) []byte {
+	buf = append(buf, e.body...)
+	buf = append(buf, e.shared...)
+	buf = strconv.AppendInt(buf, e.seq, 10)
+	return append(buf, '}')
+}
+
+// encodeEvent encodes an event without its seq: `{"event":…,"data":…,"seq":`.
+func encodeEvent(event string, data any) []byte {
+	return encode(`{"event":"`+event+`","data":`, data, `,"seq":`)
+}
+
+// encodeAck encodes an ack without its seq:
+// `{"event":"ack","ack":7,"data":{"ok":true,…},"seq":`.
+func encodeAck(ack int64, data ackData) []byte {
+	return encode(`{"event":"ack","ack":`+strconv.FormatInt(ack, 10)+`,"data":`, data, `,"seq":`)
+}
+
+// encode returns head, v as JSON, and tail, in a new slice of just that
+// size: an event may stay in outboxes for long, so it keeps no spare
+// capacity. Text is not HTML-escaped (json.Marshal would make each '<' six
+// bytes): it is data, and the page shows it with textContent.
+func encode(head string, v any, tail string) []byte {
+	scratch := encodeBuffers.get()
+	buf := bytes.NewBuffer(*scratch)
+	enc := json.NewEncoder(buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		panic(err) // our own types always encode
+	}
+	js := bytes.TrimSuffix(buf.Bytes(), []byte("\n")) // Encode ends with a newline
+	b := make([]byte, 0, len(head)+len(js)+len(tail))
+	b = append(append(append(b, head...), js...), tail...)
+	*scratch = buf.Bytes() // (grown, maybe)
+	encodeBuffers.put(scratch)
+	return b
+}
+
+// encodeJoined encodes an event that carries the fields of room_joined
+// (room_joined itself, and join_room's ack): head, then those fields, in
+// two parts. The first is the joiner's own (room, count and history); the
+// second is the room's users list, encoded once and shared by every joiner
+// (usersList in speed.go):
+//
+//	{"event":"room_joined","data":{"room":"general","count":2,"history":[…],"users":
+//	["alice","bob"]},"seq":
+//
+// (Room names need no escaping in JSON: letters, digits, '-', '_', '.'.)
+func encodeJoined(head string, j *roomJoined) (own, shared []byte) {
+	head += `"room":"` + j.Room + `","count":` + strconv.Itoa(j.Count) + `,"history":`
+	return encode(head, j.History, `,"users":`), j.room.users.encoded()
+}
+
+// encodeAnswer encodes the answer to an event: an ack when the client gave
+// an ack number, else an error event (only when err is set). A join's ack
+// carries the fields of room_joined, in two parts like room_joined itself;
+// every other answer is one part.
+func encodeAnswer(event string, ack int64, result ackData, err error) (answer, shared []byte) {
+	var ce *chatError
+	if err != nil {
+		ce = toChatError(err)
+	}
+	if ack == 0 {
+		return encodeEvent("error", struct {
+			*chatError
+			Event string `json:"event,omitempty"`
+		}{ce, event}), nil
+	}
+	if ce != nil {
+		result = ackData{Error: ce}
+	} else {
+		result.OK = true
+	}
+	if j := result.roomJoined; j != nil {
+		return encodeJoined(`{"event":"ack","ack":`+strconv.FormatInt(ack, 10)+`,"data":{"ok":true,`, j)
+	}
+	return encodeAck(ack, result), nil
+}
+
+// encodeWelcome encodes the welcome event of session s, the only event
+// without a seq: {"event":"welcome","data":{"sid":…,"username":…,"resumed":…}}.
+func (srv *server) encodeWelcome(s *session, resumed bool) []byte {
+	srv.mu.Lock() // for s.name
+	sid, username := s.sid, s.name
+	srv.mu.Unlock()
+	b, _ := json.Marshal(struct {
+		Event string `json:"event"`
+		Data  any    `json:"data"`
+	}{"welcome", struct {
+		SID      string `json:"sid"`
+		Username string `json:"username"`
+		Resumed  bool   `json:"resumed"`
+	}{sid, username, resumed}})
+	return b
+}
