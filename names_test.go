@@ -1,0 +1,121 @@
+package main
+
+import (
+	"testing"
+	"unicode"
+)
+
+func TestCheckNameScripts(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name string
+		ok   bool
+	}{
+		// One script, with characters of no script around it.
+		{"alice", true},
+		{"Иван", true},
+		{"Αλέξης", true},
+		{"José", true},
+		{"Zoë", true},              // precomposed ë: Latin
+		{"Zoe\u0308", true},        // e + combining diaeresis: the mark is Inherited
+		{"guest-0001", true},       // digits and '-' are Common
+		{"ＡＬＩＣＥ", true},            // full-width letters are Latin (foldName makes them alice)
+		{"Hawaiʻi", true},          // the ʻokina is a modifier letter of no script
+		{"علي٣", true},             // Arabic-Indic digits count as Arabic
+		{"ルーシー", true},             // ー is Common
+		{"ｱﾘｽ", true},              // half-width katakana is Katakana
+		{"guest-0001\u3000", true}, // the ideographic space is Common
+
+		// The mixes people write.
+		{"山田たろう", true},     // Han, Hiragana (Japanese)
+		{"Tanaka太郎カ", true}, // Latin, Han, Katakana
+		{"Li 李", true},      // Latin, Han
+		{"김민준", true},       // Hangul
+		{"Ana 김", true},     // Latin, Hangul (Korean without Han)
+		{"王ㄒㄧㄠ", true},      // Han, Bopomofo (Chinese)
+
+		// Mixes that make look-alikes.
+		{"аlice", false},  // Cyrillic а among Latin
+		{"Αlice", false},  // Greek Α among Latin
+		{"Иван李", false},  // Cyrillic with Han
+		{"alice٣", false}, // an Arabic digit in a Latin name
+		{"김たろう", false},   // Hangul with Hiragana: two of the mixes, not one
+		{"ㄅたろう", false},   // Bopomofo with Hiragana
+		{"ㄅ김", false},     // Bopomofo with Hangul
+
+		// Refused whatever the scripts.
+		{"alice\u3164", false}, // HANGUL FILLER, a Hangul letter drawn as nothing
+		{"\u3164", false},
+		{"alice\u115F", false},        // HANGUL CHOSEONG FILLER
+		{"alice\u1160", false},        // HANGUL JUNGSEONG FILLER
+		{"alice\uFFA0", false},        // HALFWIDTH HANGUL FILLER
+		{"alice\u2800", false},        // BRAILLE PATTERN BLANK
+		{"ali\u200Bce", false},        // ZERO WIDTH SPACE
+		{"alice\uFE0F", false},        // a variation selector
+		{"𝖺lice", false},              // MATHEMATICAL SANS-SERIF SMALL A
+		{"ℓisa", false},               // SCRIPT SMALL L
+		{"guest-𝟎001", false},         // MATHEMATICAL BOLD DIGIT ZERO
+		{"ﬁona", false},               // the fi ligature
+		{"\u1100\u1175\u11B7", false}, // 김 spelled in conjoining jamo
+	} {
+		if err := checkName(c.name); (err == nil) != c.ok {
+			t.Errorf("checkName(%q) = %v, want ok %v", c.name, err, c.ok)
+		}
+	}
+}
+
+func TestFoldName(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ name, want string }{
+		{"alice", "alice"},
+		{"ALICE", "alice"},
+		{"ＡＬＩＣＥ", "alice"}, // full width
+		{"ａｌｉｃｅ", "alice"},
+		{"！～", "!~"}, // the ends of full-width ASCII, U+FF01 and U+FF5E
+		{"guest-０００１", "guest-0001"},
+		{"Li\u3000李", "li 李"}, // the ideographic space
+		{"ｱﾘｽ", "アリス"},        // half-width katakana
+		{"｡ﾟ", "。\u309A"},     // the ends of half-width katakana, U+FF61 and U+FF9F
+		{"ｶﾞｸ", "ガク"},         // a voicing mark joins its kana
+		{"ﾊﾟﾝ", "パン"},
+		{"カ\u3099", "ガ"},         // also when typed in full width
+		{"ﾡﾾￂￜ", "ㄱㅎㅏㅣ"},         // the ends of half-width Hangul's consonants and vowels
+		{"ΟΔΥΣΣΕΥΣ", "οδυσσευσ"}, // Σ, σ and final ς are one letter
+		{"οδυσσευς", "οδυσσευσ"},
+		{"Straße", "straße"}, // ß is not ss,
+		{"STRASSE", "strasse"},
+		{"ẞ", "ß"},          // but capital ẞ is ß
+		{"\u212Aim", "kim"}, // KELVIN SIGN
+		{"İrem", "irem"},    // Turkish dotted İ,
+		{"Irem", "irem"},
+		{"ılgın", "ilgin"}, // and dotless ı
+		{"ſara", "sara"},   // long s
+		{"Иван", "иван"},
+		{"김민준", "김민준"},
+		{"Zoë", "zoë"},             // precomposed and decomposed ë are not folded together:
+		{"Zoe\u0308", "zoe\u0308"}, // that needs NFC, so validUsername refuses the mark
+	} {
+		if got := foldName(c.name); got != c.want {
+			t.Errorf("foldName(%q) = %q, want %q", c.name, got, c.want)
+		}
+	}
+}
+
+// TestFoldNameIsAKey checks every letter and digit: a key folds to itself
+// (so a key can be looked up by folding it again), and whatever
+// unicode.SimpleFold calls the same letter gets the same key.
+func TestFoldNameIsAKey(t *testing.T) {
+	t.Parallel()
+	for r := rune(0); r <= unicode.MaxRune; r++ {
+		if !unicode.IsLetter(r) && !unicode.IsDigit(r) {
+			continue
+		}
+		key := foldName(string(r))
+		if again := foldName(key); again != key {
+			t.Errorf("foldName(%q) = %q, but foldName(%q) = %q", r, key, key, again)
+		}
+		if other := foldName(string(unicode.SimpleFold(r))); other != key {
+			t.Errorf("foldName(%q) = %q, want %q like foldName(%q)", unicode.SimpleFold(r), other, key, r)
+		}
+	}
+}
