@@ -148,7 +148,7 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 func (c *wsConn) read() {
 	srv := c.s.srv
 	_, msg, err := c.conn.Read(context.Background())
-	if err == nil && c.handle(msg) {
+	if err == nil && c.handleMessage(msg) {
 		c.readNext() // like a loop, but on a fresh goroutine (speed.go)
 		return
 	}
@@ -160,10 +160,10 @@ func (c *wsConn) read() {
 	srv.conns.Done()
 }
 
-// handle applies every event of one client message, in order: a bad one
+// handleMessage applies every event of one client message, in order: a bad one
 // gets its error and the others are still applied. It reports false once
 // the session has ended.
-func (c *wsConn) handle(msg []byte) bool {
+func (c *wsConn) handleMessage(msg []byte) bool {
 	list, err := splitEnvelopes(msg)
 	if err != nil {
 		list = []json.RawMessage{msg} // handle answers it: bad_request
