@@ -29,8 +29,9 @@ type room struct {
 	// members is kept sorted by name, as room_joined lists them: a join
 	// then costs a binary search and a copy, not a sort of the whole room.
 	members []*session
-	history []message
-	users   usersList // the names room_joined lists, kept encoded (speed.go)
+	history []entry
+	users   usersList   // the names room_joined lists, kept encoded (speed.go)
+	shared  historyList // the history as room_joined sends it (speed.go)
 }
 
 // byName orders sessions by their lowercase name, then by name.
@@ -67,6 +68,14 @@ type message struct {
 	Timestamp string `json:"timestamp"`
 }
 
+// entry is a message in a room's history, with its JSON, encoded once when
+// it is published: new_message, room_joined and /messages all send these
+// same bytes, however many clients ask.
+type entry struct {
+	message
+	json []byte
+}
+
 // privateMessage is the data of private_message.
 type privateMessage struct {
 	ID        int64  `json:"id"`
@@ -82,10 +91,9 @@ func timestamp() string {
 }
 
 // broadcast sends one event to every member of r except skip. The event is
-// encoded once, here, and the same bytes go into every member's outbox.
-// srv.mu is held.
-func (srv *server) broadcast(r *room, skip *session, event string, data any) {
-	body := encodeEvent(event, data)
+// encoded once (encodeEvent), and the same bytes go into every member's
+// outbox. srv.mu is held.
+func (srv *server) broadcast(r *room, skip *session, body []byte) {
 	for _, m := range r.members {
 		if m != skip {
 			m.push(body)
@@ -97,7 +105,7 @@ func (srv *server) broadcast(r *room, skip *session, event string, data any) {
 // typing), which a crowd does not get (PROTOCOL.md section 7).
 func (srv *server) announce(r *room, skip *session, event string, data any) {
 	if len(r.members) <= srv.cfg.PresenceLimit {
-		srv.broadcast(r, skip, event, data)
+		srv.broadcast(r, skip, encodeEvent(event, data))
 	}
 }
 
@@ -107,23 +115,25 @@ func (srv *server) announce(r *room, skip *session, event string, data any) {
 func (srv *server) publish(r *room, username, text string) message {
 	srv.nextID++
 	m := message{ID: srv.nextID, Room: r.name, Username: username, Text: text, Timestamp: timestamp()}
+	e := entry{m, encode("", m, "")}
 	if len(r.history) < srv.cfg.History {
-		r.history = append(r.history, m)
+		r.history = append(r.history, e)
 	} else if srv.cfg.History > 0 { // full: drop the oldest
 		copy(r.history, r.history[1:])
-		r.history[len(r.history)-1] = m
+		r.history[len(r.history)-1] = e
 	}
-	srv.broadcast(r, nil, "new_message", m)
+	r.shared.changed()
+	srv.broadcast(r, nil, concat(`{"event":"new_message","data":`, e.json, `,"seq":`))
 	return m
 }
 
-// roomJoined is the data of room_joined (and of join_room's ack).
+// roomJoined is the data of room_joined (and of join_room's ack):
+// encodeJoined writes it.
 type roomJoined struct {
-	Room    string    `json:"room"`
-	Users   []string  `json:"users"`
-	Count   int       `json:"count"`
-	History []message `json:"history"`
 	room    *room
+	users   []string // the first cfg.PresenceLimit names
+	count   int
+	history [][]byte // the messages' JSON, comma-separated: historyList
 }
 
 // join adds s to the room called name, creating it if needed: s gets
@@ -141,8 +151,8 @@ func (srv *server) join(s *session, name string, since int64) (*roomJoined, erro
 		s.rooms[name] = r
 		srv.announce(r, s, "user_joined", userEvent{r.name, s.name})
 	}
-	joined := &roomJoined{Room: r.name, Users: r.users.names(r.members), Count: len(r.members), History: historySince(r, since), room: r}
-	s.pushShared(encodeJoined(`{"event":"room_joined","data":{`, joined))
+	joined := &roomJoined{room: r, users: r.users.names(r.members), count: len(r.members), history: r.shared.since(r.history, since)}
+	s.pushEvent(encodeJoined(`{"event":"room_joined","data":{`, joined))
 	return joined, nil
 }
 
@@ -156,10 +166,10 @@ func (srv *server) room(name string) *room {
 	return r
 }
 
-// historySince returns the room's messages with an id above since.
-func historySince(r *room, since int64) []message {
-	i := sort.Search(len(r.history), func(i int) bool { return r.history[i].ID > since })
-	return append([]message{}, r.history[i:]...)
+// after returns the index in history of the first message with an id
+// above since.
+func after(history []entry, since int64) int {
+	return sort.Search(len(history), func(i int) bool { return history[i].ID > since })
 }
 
 // leave removes s from r: typing stops, the others get user_left. srv.mu

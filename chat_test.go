@@ -445,3 +445,11 @@ func BenchmarkFanout(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N*clients)/b.Elapsed().Seconds(), "deliveries/s")
 }
+
+// joinedData is the data of room_joined, as a client decodes it.
+type joinedData struct {
+	Room    string    `json:"room"`
+	Users   []string  `json:"users"`
+	Count   int       `json:"count"`
+	History []message `json:"history"`
+}

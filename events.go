@@ -156,7 +156,7 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 	}
 	if !s.rate.take(srv.cfg.Rate, srv.cfg.Burst, time.Now()) {
 		// Not remembered: the client may send the same ack number again.
-		s.pushShared(encodeAnswer(env.Event, ack, ackData{}, &chatError{"rate_limited", "too many events: slow down"}))
+		s.pushEvent(encodeAnswer(env.Event, ack, ackData{}, &chatError{"rate_limited", "too many events: slow down"}))
 		return true
 	}
 	if answer, ok := s.acks[ack]; ok {
@@ -174,11 +174,11 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 	if ack == 0 && err == nil {
 		return true // done, and nobody asked to hear so
 	}
-	answer, shared := encodeAnswer(env.Event, ack, result, err)
-	if ack > 0 && !appliedAgain[env.Event] { // (only join_room's answer has a shared part)
-		s.remember(ack, answer)
+	answer := encodeAnswer(env.Event, ack, result, err)
+	if ack > 0 && !appliedAgain[env.Event] { // (only join_room's answer has shared parts)
+		s.remember(ack, answer.body)
 	}
-	s.pushShared(answer, shared)
+	s.pushEvent(answer)
 	return true
 }
 

@@ -4,7 +4,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	_ "embed"
@@ -12,6 +11,7 @@ import (
 	"html/template"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -53,26 +53,26 @@ func (srv *server) servePage(w http.ResponseWriter, r *http.Request) {
 	srv.mu.Lock()
 	var messages []message
 	if g := srv.rooms[defaultRoomName]; g != nil {
-		messages = g.history[max(0, len(g.history)-pageMessages):]
-		messages = append([]message(nil), messages...)
+		for _, e := range g.history[max(0, len(g.history)-pageMessages):] {
+			messages = append(messages, e.message)
+		}
 	}
 	srv.mu.Unlock()
 
 	// A nonce (128 random bits) is new for every response, so a page
 	// cannot be cached.
+	// The page is rendered straight into the response, not into a buffer
+	// first: a client that asks and never reads holds no copy of it.
 	nonce := rand.Text()
-	var buf bytes.Buffer
-	if err := page.Execute(&buf, struct {
+	htmlHeaders(w, pageCSP(nonce))
+	w.Header().Set("Cache-Control", "no-store")
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(plainWriteWait))
+	if err := page.Execute(w, struct {
 		Nonce    string
 		Messages []message
 	}{nonce, messages}); err != nil {
 		srv.log.Warn("page", "err", err)
-		http.Error(w, "the page could not be rendered", http.StatusInternalServerError)
-		return
 	}
-	htmlHeaders(w, pageCSP(nonce))
-	w.Header().Set("Cache-Control", "no-store")
-	w.Write(buf.Bytes())
 }
 
 // htmlHeaders sets the headers of every HTML answer. The referrer policy
@@ -211,7 +211,9 @@ func clientIP(r *http.Request) string {
 }
 
 // serveMessages answers GET /messages?room=R&since=ID with the room's stored
-// messages after id since, as a JSON array.
+// messages after id since, as a JSON array. It sends the room's shared
+// encoding of its history (historyList): a client that asks for a full
+// room and never reads holds no copy of it.
 func (srv *server) serveMessages(w http.ResponseWriter, r *http.Request) {
 	name := r.URL.Query().Get("room")
 	if name == "" {
@@ -226,11 +228,23 @@ func (srv *server) serveMessages(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, badRequest("since must be a message id"))
 		return
 	}
+	var parts [][]byte
 	srv.mu.Lock()
-	list := []message{}
 	if rm := srv.rooms[name]; rm != nil {
-		list = historySince(rm, since)
+		parts = rm.shared.since(rm.history, since)
 	}
 	srv.mu.Unlock()
-	writeJSON(w, http.StatusOK, list)
+
+	size := 2
+	for _, p := range parts {
+		size += len(p)
+	}
+	jsonHeaders(w)
+	w.Header().Set("Content-Length", strconv.Itoa(size))
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(plainWriteWait))
+	w.Write([]byte("["))
+	for _, p := range parts {
+		w.Write(p)
+	}
+	w.Write([]byte("]"))
 }

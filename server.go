@@ -195,12 +195,29 @@ func (srv *server) close(ctx context.Context) {
 	}
 }
 
-// writeJSON answers with v as JSON, never cached.
+// plainWriteWait bounds the writing of a plain HTTP answer (a page,
+// /messages): a client that asks and does not read is cut off after it,
+// rather than after the server's write timeout, which a long-poll needs to
+// be long.
+const plainWriteWait = 10 * time.Second
+
+// jsonHeaders sets the headers of every JSON answer: never cached, never
+// taken for anything but JSON.
+func jsonHeaders(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+}
+
+// writeJSON answers with v as JSON. Like the WebSocket events, it is not
+// HTML-escaped (encode in wire.go says why).
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
+	jsonHeaders(w)
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
 }
 
 // writeError answers {"error": {"code", "message"}}.
@@ -212,8 +229,7 @@ func writeError(w http.ResponseWriter, status int, e *chatError) {
 
 // writeRawJSON answers with b, which is JSON already.
 func writeRawJSON(w http.ResponseWriter, status int, b []byte) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
+	jsonHeaders(w)
 	w.WriteHeader(status)
 	w.Write(b)
 }

@@ -53,7 +53,7 @@ type session struct {
 	// of this file says why it is a lock of its own).
 	outboxMu    sync.Mutex
 	outbox      []outEvent // the last cfg.Outbox events, by seq
-	outboxBytes int        // the bytes of their bodies, at most maxOutboxBytes
+	outboxBytes int        // the bytes they would take to send, at most maxOutboxBytes
 	lastSeq     int64      // seq of the newest event; 0 before the first
 	// delivered: the client has every event up to this seq, or at least
 	// it is on its way. For a WebSocket, what the writer has written; for
@@ -299,24 +299,26 @@ func (srv *server) endSession(s *session, why string) {
 // slow reader: its transport is closed at once (1008, "too slow") so that it
 // never holds back anyone else, and the session is ended by dropSlow.
 func (s *session) push(body []byte) {
-	s.pushShared(body, nil)
+	s.pushEvent(outEvent{body: body})
 }
 
-// pushShared is push for an event in two parts: body, then shared.
-func (s *session) pushShared(body, shared []byte) {
+// pushEvent is push for an event in parts (wire.go, outEvent); its seq is
+// given here.
+func (s *session) pushEvent(e outEvent) {
 	s.outboxMu.Lock()
 	defer s.outboxMu.Unlock()
 	if s.slow || s.ended {
 		return
 	}
 	s.lastSeq++
-	s.outbox = append(s.outbox, outEvent{s.lastSeq, body, shared})
-	s.outboxBytes += len(body) + len(shared)
+	e.seq = s.lastSeq
+	s.outbox = append(s.outbox, e)
+	s.outboxBytes += e.size()
 	// Keep the last cfg.Outbox events, and of those no more than
 	// maxOutboxBytes: past that, the oldest sent ones go even if there are
 	// fewer (a resume from before them then starts a new session).
 	for len(s.outbox) > s.srv.cfg.Outbox || s.outboxBytes > maxOutboxBytes && s.outbox[0].seq <= s.delivered {
-		s.outboxBytes -= len(s.outbox[0].body) + len(s.outbox[0].shared)
+		s.outboxBytes -= s.outbox[0].size()
 		s.outbox = s.outbox[1:]
 	}
 	if s.lastSeq-s.delivered > int64(s.srv.cfg.Outbox) || s.outboxBytes > maxOutboxBytes {

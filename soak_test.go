@@ -405,7 +405,7 @@ func (c *soakClient) process(e event) {
 		json.Unmarshal(e.Data, &m)
 		c.receive(m)
 	case "room_joined":
-		var rj roomJoined
+		var rj joinedData
 		json.Unmarshal(e.Data, &rj)
 		if _, ok := c.rooms[rj.Room]; !ok {
 			return

@@ -26,19 +26,34 @@ import (
 )
 
 // outEvent is one event in an outbox: its seq, and the envelope without
-// its seq, `{"event":…,"data":…,"seq":`, which is body followed by shared.
-// shared is mostly nil: it is the part that many outboxes keep once (a
-// crowd's users list, encodeJoined).
+// its seq, `{"event":…,"data":…,"seq":`, in up to three parts. For most
+// events body is all of it. room_joined (and join_room's ack) carries a
+// room's history and users list, which many outboxes share instead of each
+// keeping a copy: body is the joiner's own start, list the messages' JSON,
+// comma-separated, and tail the users list and the end (encodeJoined).
 type outEvent struct {
-	seq    int64
-	body   []byte
-	shared []byte
+	seq  int64
+	body []byte
+	list [][]byte
+	tail []byte
 }
 
-// append appends the whole envelope to buf: body, shared, the seq and `}`.
+// size is how many bytes the event takes to send, less its seq.
+func (e outEvent) size() int {
+	n := len(e.body) + len(e.tail)
+	for _, part := range e.list {
+		n += len(part)
+	}
+	return n
+}
+
+// append appends the whole envelope to buf: its parts, the seq and `}`.
 func (e outEvent) append(buf []byte) []byte {
 	buf = append(buf, e.body...)
-	buf = append(buf, e.shared...)
+	for _, part := range e.list {
+		buf = append(buf, part...)
+	}
+	buf = append(buf, e.tail...)
 	buf = strconv.AppendInt(buf, e.seq, 10)
 	return append(buf, '}')
 }
@@ -54,10 +69,9 @@ func encodeAck(ack int64, data ackData) []byte {
 	return encode(`{"event":"ack","ack":`+strconv.FormatInt(ack, 10)+`,"data":`, data, `,"seq":`)
 }
 
-// encode returns head, v as JSON, and tail, in a new slice of just that
-// size: an event may stay in outboxes for long, so it keeps no spare
-// capacity. Text is not HTML-escaped (json.Marshal would make each '<' six
-// bytes): it is data, and the page shows it with textContent.
+// encode returns head, v as JSON, and tail (concat). Text is not
+// HTML-escaped (json.Marshal would make each '<' six bytes): it is data, and
+// the page shows it with textContent.
 func encode(head string, v any, tail string) []byte {
 	scratch := encodeBuffers.get()
 	buf := bytes.NewBuffer(*scratch)
@@ -67,8 +81,7 @@ func encode(head string, v any, tail string) []byte {
 		panic(err) // our own types always encode
 	}
 	js := bytes.TrimSuffix(buf.Bytes(), []byte("\n")) // Encode ends with a newline
-	b := make([]byte, 0, len(head)+len(js)+len(tail))
-	b = append(append(append(b, head...), js...), tail...)
+	b := concat(head, js, tail)
 	*scratch = buf.Bytes() // (grown, maybe)
 	encodeBuffers.put(scratch)
 	return b
@@ -76,33 +89,34 @@ func encode(head string, v any, tail string) []byte {
 
 // encodeJoined encodes an event that carries the fields of room_joined
 // (room_joined itself, and join_room's ack): head, then those fields, in
-// two parts. The first is the joiner's own (room, count and history); the
-// second is the room's users list, encoded once and shared by every joiner
-// (usersList in speed.go):
+// three parts. The joiner's own is the start; the history's messages and
+// the users list are the room's, encoded once and shared by every joiner
+// (historyList and usersList in speed.go):
 //
-//	{"event":"room_joined","data":{"room":"general","count":2,"history":[…],"users":
-//	["alice","bob"]},"seq":
+//	{"event":"room_joined","data":{"room":"general","count":2,"history":[
+//	{"id":…,"text":"hi",…} , {"id":…}
+//	],"users":["alice","bob"]},"seq":
 //
 // (Room names need no escaping in JSON: letters, digits, '-', '_', '.'.)
-func encodeJoined(head string, j *roomJoined) (own, shared []byte) {
-	head += `"room":"` + j.Room + `","count":` + strconv.Itoa(j.Count) + `,"history":`
-	return encode(head, j.History, `,"users":`), j.room.users.encoded()
+func encodeJoined(head string, j *roomJoined) outEvent {
+	head += `"room":"` + j.room.name + `","count":` + strconv.Itoa(j.count) + `,"history":[`
+	return outEvent{body: []byte(head), list: j.history, tail: j.room.users.encoded()}
 }
 
 // encodeAnswer encodes the answer to an event: an ack when the client gave
 // an ack number, else an error event (only when err is set). A join's ack
 // carries the fields of room_joined, in two parts like room_joined itself;
 // every other answer is one part.
-func encodeAnswer(event string, ack int64, result ackData, err error) (answer, shared []byte) {
+func encodeAnswer(event string, ack int64, result ackData, err error) outEvent {
 	var ce *chatError
 	if err != nil {
 		ce = toChatError(err)
 	}
 	if ack == 0 {
-		return encodeEvent("error", struct {
+		return outEvent{body: encodeEvent("error", struct {
 			*chatError
 			Event string `json:"event,omitempty"`
-		}{ce, event}), nil
+		}{ce, event})}
 	}
 	if ce != nil {
 		result = ackData{Error: ce}
@@ -112,7 +126,14 @@ func encodeAnswer(event string, ack int64, result ackData, err error) (answer, s
 	if j := result.roomJoined; j != nil {
 		return encodeJoined(`{"event":"ack","ack":`+strconv.FormatInt(ack, 10)+`,"data":{"ok":true,`, j)
 	}
-	return encodeAck(ack, result), nil
+	return outEvent{body: encodeAck(ack, result)}
+}
+
+// concat returns head, b and tail in a new slice of just that size: an
+// event may stay in outboxes for long, so it keeps no spare capacity.
+func concat(head string, b []byte, tail string) []byte {
+	out := make([]byte, 0, len(head)+len(b)+len(tail))
+	return append(append(append(out, head...), b...), tail...)
 }
 
 // encodeWelcome encodes the welcome event of session s, the only event

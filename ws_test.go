@@ -152,7 +152,7 @@ func TestJoinAndLeave(t *testing.T) {
 	alice.call("send_message", map[string]any{"room": "dev", "text": "two"})
 
 	bob.emit("join_room", map[string]any{"room": "dev", "since": first.ID}, 0)
-	var rj roomJoined
+	var rj joinedData
 	bob.expect("room_joined").decode(t, &rj)
 	if rj.Room != "dev" || !slices.Equal(rj.Users, []string{"alice", "Bob"}) || rj.Count != 2 ||
 		len(rj.History) != 1 || rj.History[0].Text != "two" {
@@ -187,7 +187,7 @@ func TestCrowd(t *testing.T) {
 	_, ts := startServer(t, func(c *config) { c.PresenceLimit = 3 })
 	check := func(c *client, users []string, count int) {
 		t.Helper()
-		var rj roomJoined
+		var rj joinedData
 		c.expect("room_joined").decode(t, &rj)
 		if !slices.Equal(rj.Users, users) || rj.Count != count {
 			t.Errorf("%s: room_joined lists %v of %d, want %v of %d", c.username, rj.Users, rj.Count, users, count)
@@ -676,7 +676,7 @@ func TestResume(t *testing.T) {
 	}
 	carol := joined(t, ts, "carol")
 	// During the grace period alice is still listed.
-	var rj roomJoined
+	var rj joinedData
 	json.Unmarshal(carol.call("join_room", map[string]any{"room": "general"}).raw, &rj)
 	if !slices.Contains(rj.Users, "alice") {
 		t.Errorf("users during grace: got %v, want alice listed", rj.Users)
@@ -1121,7 +1121,7 @@ func TestIdleRoomsCapped(t *testing.T) {
 		t.Errorf("rooms kept: got %d, want 3", n)
 	}
 	// Joining an idle room brings it back into use, history and all.
-	var rj roomJoined
+	var rj joinedData
 	json.Unmarshal(alice.call("join_room", map[string]any{"room": "b"}).raw, &rj)
 	if len(rj.History) != 1 {
 		t.Errorf("history of b: got %v", rj.History)
