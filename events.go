@@ -293,7 +293,7 @@ func (srv *server) setUsername(s *session, data json.RawMessage) (ackData, error
 	if err != nil {
 		return ackData{}, err
 	}
-	if other := srv.names[strings.ToLower(name)]; other != nil && other != s {
+	if other := srv.names[foldName(name)]; other != nil && other != s {
 		return ackData{}, &chatError{"username_taken", fmt.Sprintf("%q is taken", name)}
 	}
 	old := s.name
@@ -304,7 +304,7 @@ func (srv *server) setUsername(s *session, data json.RawMessage) (ackData, error
 		r.remove(s) // while the old name still finds it
 	}
 	delete(srv.names, s.key)
-	s.name, s.key = name, strings.ToLower(name)
+	s.name, s.key = name, foldName(name)
 	srv.names[s.key] = s
 	for _, roomName := range slices.Sorted(maps.Keys(s.rooms)) {
 		r := s.rooms[roomName]
@@ -353,7 +353,7 @@ func (srv *server) privateMessage(s *session, data json.RawMessage) (ackData, er
 	if err := decodeData(data, &req); err != nil {
 		return ackData{}, err
 	}
-	to := srv.names[strings.ToLower(strings.TrimSpace(req.To))]
+	to := srv.names[foldName(strings.TrimSpace(req.To))]
 	if to == nil {
 		return ackData{}, &chatError{"user_not_found", fmt.Sprintf("nobody called %q is online", req.To)}
 	}

@@ -98,7 +98,7 @@ func fuzzSession(f *testing.F) (*server, *session) {
 	cfg.Rate, cfg.Burst = 1e9, 1e9
 	srv := newServer(cfg)
 	f.Cleanup(func() { srv.close(context.Background()) })
-	s, err := srv.openSession("fuzz", nil)
+	s, err := srv.openSession("fuzz", "127.0.0.1", nil)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -51,6 +52,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.Float64Var(&cfg.Rate, "rate", cfg.Rate, "events per second per session")
 	fs.IntVar(&cfg.Burst, "burst", cfg.Burst, "burst of events per session")
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "live sessions")
+	fs.IntVar(&cfg.SessionsPerIP, "sessions-per-ip", cfg.SessionsPerIP, "live sessions one client address may hold (IPv6 by /64)")
 	fs.IntVar(&cfg.Outbox, "outbox", cfg.Outbox, "events kept per session")
 	fs.IntVar(&cfg.PresenceLimit, "presence-limit", cfg.PresenceLimit, "members above which a room stops announcing presence")
 	origins := fs.String("origins", "", "extra origins allowed to open WebSockets and POST, comma-separated host patterns")
@@ -64,9 +66,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	if cfg.Outbox < 1 || cfg.Burst < 1 || cfg.Rate <= 0 || cfg.MaxSessions < 1 || cfg.Grace <= 0 || cfg.PollTimeout <= 0 ||
+	if cfg.Outbox < 1 || cfg.Burst < 1 || cfg.Rate <= 0 || cfg.MaxSessions < 1 || cfg.SessionsPerIP < 1 || cfg.Grace <= 0 || cfg.PollTimeout <= 0 ||
 		cfg.History < 0 || cfg.PresenceLimit < 0 {
-		return errors.New("-outbox, -burst, -rate, -max-sessions, -grace and -poll-timeout must be positive; -history and -presence-limit not negative")
+		return errors.New("-outbox, -burst, -rate, -max-sessions, -sessions-per-ip, -grace and -poll-timeout must be positive; -history and -presence-limit not negative")
 	}
 	for o := range strings.SplitSeq(*origins, ",") {
 		if o = strings.TrimSpace(o); o != "" {
@@ -96,15 +98,19 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		defer pprof.StopCPUProfile()
 	}
 	srv := newServer(cfg)
+	var fresh freshConns
 	hs := &http.Server{
 		Handler:           srv,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		// A long-poll GET is held for cfg.PollTimeout before it is answered:
 		// the write timeout must outlast it.
-		WriteTimeout: cfg.PollTimeout + 10*time.Second,
-		IdleTimeout:  2 * time.Minute,
-		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		WriteTimeout:   cfg.PollTimeout + 10*time.Second,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ConnContext:    limitSendBuffer,
+		ConnState:      fresh.track,
 	}
 	log.Info("chat server listening", "addr", ln.Addr().String(), "url", "http://"+displayAddr(ln.Addr()))
 
@@ -123,10 +129,68 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	// WebSockets) and waits for the long-polls: srv.close ends both.
 	closed := make(chan struct{})
 	go func() { srv.close(shutdownCtx); close(closed) }()
-	err = hs.Shutdown(shutdownCtx)
+	shut := make(chan error, 1)
+	go func() { shut <- hs.Shutdown(shutdownCtx) }()
+	fresh.closeAll() // Shutdown would wait 5 s for them
+	err = <-shut
+	if errors.Is(err, context.DeadlineExceeded) {
+		log.Warn("shutdown: cutting off the connections still open")
+		err = hs.Close()
+	}
 	<-closed
 	<-served // http.ErrServerClosed
 	return err
+}
+
+// maxHeaderBytes bounds a request's header (net/http's default is 1 MB): a
+// client that sends headers and never finishes holds this much at most.
+// The chat's requests carry a few hundred bytes.
+const maxHeaderBytes = 16 << 10
+
+// sendBuffer bounds each connection's kernel send buffer, in bytes: what a
+// client that never reads can make the server hold in the kernel. Linux
+// would otherwise let it grow to 4 MB. (It doubles the figure for its own
+// bookkeeping.)
+const sendBuffer = 64 << 10
+
+// limitSendBuffer sets sendBuffer on each connection as it is accepted.
+func limitSendBuffer(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(sendBuffer)
+	}
+	return ctx
+}
+
+// freshConns are the connections that have not sent a request yet: a
+// browser opens some ahead of time, in case it needs them. Shutdown waits
+// 5 s for such a connection to send its request before it counts it as
+// idle; they have nothing to lose, so closeAll closes them at once.
+type freshConns struct {
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+// track is the http.Server's ConnState hook.
+func (f *freshConns) track(c net.Conn, state http.ConnState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if state == http.StateNew {
+		if f.conns == nil {
+			f.conns = make(map[net.Conn]struct{})
+		}
+		f.conns[c] = struct{}{}
+	} else {
+		delete(f.conns, c)
+	}
+}
+
+// closeAll closes every connection that has not sent a request yet.
+func (f *freshConns) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.conns {
+		c.Close()
+	}
 }
 
 // displayAddr turns a listening address into one a browser can open:

@@ -9,10 +9,8 @@ import (
 	_ "embed"
 	"encoding/base64"
 	"html/template"
-	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -163,12 +161,12 @@ func (srv *server) serveSendForm(w http.ResponseWriter, r *http.Request) {
 	}
 
 	srv.mu.Lock()
-	if srv.names[strings.ToLower(name)] != nil {
+	if srv.names[foldName(name)] != nil {
 		srv.mu.Unlock()
 		refuse(http.StatusBadRequest, "Someone online is using that username right now: choose another.")
 		return
 	}
-	b := srv.formBucket(clientIP(r))
+	b := srv.formBucket(clientAddress(r))
 	if !b.take(srv.cfg.Rate, srv.cfg.Burst, time.Now()) {
 		srv.mu.Unlock()
 		refuse(http.StatusTooManyRequests, "Too many messages: wait a moment and try again.")
@@ -200,14 +198,6 @@ func (srv *server) formBucket(ip string) *bucket {
 		srv.formRate[ip] = b
 	}
 	return b
-}
-
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }
 
 // serveMessages answers GET /messages?room=R&since=ID with the room's stored

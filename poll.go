@@ -28,6 +28,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // pollWait is one GET /poll waiting for a session's events: the session's
@@ -57,7 +58,7 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 	}
 	sid := r.URL.Query().Get("sid")
 	if sid == "" {
-		s, err := srv.openSession(r.URL.Query().Get("username"), nil)
+		s, err := srv.openSession(r.URL.Query().Get("username"), clientAddress(r), nil)
 		if err != nil {
 			writeError(w, http.StatusServiceUnavailable, toChatError(err))
 			return
@@ -82,6 +83,10 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 		return
 	} else if err != nil {
 		writeError(w, http.StatusBadRequest, badRequest("the body could not be read"))
+		return
+	}
+	if !utf8.Valid(body) {
+		writeError(w, http.StatusBadRequest, badRequest("the body is not valid UTF-8")) // nothing applied
 		return
 	}
 	list, bad := splitEnvelopes(body)

@@ -16,7 +16,8 @@ import (
 )
 
 // validUsername trims the name and checks it: 1–24 letters, digits, spaces,
-// '-', '_' and '.'.
+// '-', '_' and '.', and nothing that passes for another name (checkName in
+// names.go).
 func validUsername(name string) (string, error) {
 	name = strings.TrimSpace(name)
 	n := utf8.RuneCountInString(name)
@@ -26,6 +27,9 @@ func validUsername(name string) (string, error) {
 	}
 	if !ok {
 		return "", &chatError{"invalid_username", "a username is 1-24 letters, digits, spaces, '-', '_' or '.'"}
+	}
+	if err := checkName(name); err != nil {
+		return "", &chatError{"invalid_username", "this username could pass for another: " + err.Error()}
 	}
 	return name, nil
 }
@@ -43,11 +47,12 @@ func validRoom(name string) error {
 	return nil
 }
 
-// validText checks a message: 1–2000 characters once spaces are trimmed.
-// The text is stored as given.
+// validText checks a message: 1–2000 characters once spaces are trimmed,
+// and valid UTF-8 (a form post is not checked anywhere else). The text is
+// stored as given.
 func validText(text string) error {
 	n := utf8.RuneCountInString(strings.TrimSpace(text))
-	if n < 1 || n > maxText {
+	if n < 1 || n > maxText || !utf8.ValidString(text) {
 		return &chatError{"invalid_message", fmt.Sprintf("a message is 1-%d characters", maxText)}
 	}
 	return nil

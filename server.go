@@ -25,7 +25,9 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"path"
 	"strings"
@@ -43,6 +45,7 @@ type config struct {
 	Rate          float64       // events per second per session (20)
 	Burst         int           // the rate limiter's bucket size (40)
 	MaxSessions   int           // live sessions (10,000)
+	SessionsPerIP int           // live sessions of one client address, IPv6 by /64 (1,000)
 	Outbox        int           // events kept per session for resuming (256)
 	PresenceLimit int           // members above which a room is a crowd (200)
 	Origins       []string      // extra origins allowed, as host patterns
@@ -62,6 +65,7 @@ func defaultConfig() config {
 		Rate:          20,
 		Burst:         40,
 		MaxSessions:   10000,
+		SessionsPerIP: 1000,
 		Outbox:        256,
 		PresenceLimit: 200,
 		TypingTimeout: 5 * time.Second,
@@ -106,6 +110,7 @@ type server struct {
 	// session.go.)
 	mu       sync.Mutex
 	sessions map[string]*session // by sid
+	perAddr  map[string]int      // live sessions by client address (clientAddress)
 	names    map[string]*session // by lowercase username
 	rooms    map[string]*room    // by name; kept while they have history
 	idle     map[*room]struct{}  // rooms kept only for their history
@@ -125,6 +130,7 @@ func newServer(cfg config) *server {
 		log:      cfg.Logger,
 		mux:      http.NewServeMux(),
 		sessions: make(map[string]*session),
+		perAddr:  make(map[string]int),
 		names:    make(map[string]*session),
 		rooms:    make(map[string]*room),
 		idle:     make(map[*room]struct{}),
@@ -262,4 +268,23 @@ func (srv *server) crossSite(r *http.Request) bool {
 		}
 	}
 	return true
+}
+
+// clientAddress is the key under which per-address limits count a request:
+// its client's IP address, or for IPv6 its /64 network, which one
+// household or one cloud machine is usually handed whole.
+func clientAddress(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	if ip = ip.Unmap(); ip.Is6() {
+		prefix, _ := ip.Prefix(64)
+		return prefix.String()
+	}
+	return ip.String()
 }

@@ -27,7 +27,6 @@ import (
 	"maps"
 	mathrand "math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 )
@@ -35,12 +34,13 @@ import (
 // session is one user's presence: its sid, name and rooms, and the outbox of
 // events waiting for its client. It outlives its transport for cfg.Grace.
 type session struct {
-	srv *server
-	sid string // 128 random bits; a secret, never shown to others
+	srv  *server
+	sid  string // 128 random bits; a secret, never shown to others
+	addr string // the client's address, for cfg.SessionsPerIP (clientAddress)
 
 	// The chat state of the session, guarded by srv.mu (server.go).
 	name     string
-	key      string // strings.ToLower(name): names are unique by it
+	key      string // foldName(name): names are unique by it
 	rooms    map[string]*room
 	typing   map[string]*time.Timer // room → timer that turns typing off
 	acks     map[int64][]byte       // ack number → the encoded answer
@@ -60,6 +60,7 @@ type session struct {
 	// a long-poll, the `after` of the latest GET. The slow-reader rule
 	// counts from here.
 	delivered int64
+	progress  bell      // delivered has grown: for catchUp
 	slow      bool      // fell more than cfg.Outbox events behind
 	transport transport // nil while detached
 }
@@ -88,7 +89,10 @@ var (
 	closeEnded     = closeReason{1000, "session ended"}
 	closeGoingAway = closeReason{1001, "server shutting down"}
 	closeTooSlow   = closeReason{1008, "too slow"}
-	closeBusy      = closeReason{1013, "server busy"}
+	// closeInvalidUTF8: the client sent a message that is not UTF-8. The
+	// session stays, for the client to resume.
+	closeInvalidUTF8 = closeReason{1007, "invalid UTF-8"}
+	closeBusy        = closeReason{1013, "server busy"}
 	// closeReplaced: another transport (a new connection with the same
 	// sid) took the session over. A client must not resume that sid again.
 	closeReplaced = closeReason{4000, "replaced"}
@@ -116,6 +120,7 @@ const maxOutboxBytes = 4 << 20
 // Why a session cannot be opened or resumed.
 var (
 	errServerBusy     = &chatError{"server_busy", "too many sessions: try again later"}
+	errAddressBusy    = &chatError{"server_busy", "too many sessions from your address: try again later"}
 	errShuttingDown   = &chatError{"server_busy", "the server is shutting down: try again in a moment"}
 	errUnknownSession = &chatError{"unknown_session", "no such session: it expired or never was; open a new one"}
 	errCursorAhead    = badRequest("after is beyond the last event of this session")
@@ -129,10 +134,10 @@ func newSID() string {
 }
 
 // openSession starts a session named wanted (or guest-NNNN when that name is
-// invalid or taken) and joins it to general. With a transport t it attaches
-// t at once; without one (a long-poll session, which has no GET yet) the
-// grace period starts.
-func (srv *server) openSession(wanted string, t transport) (*session, error) {
+// invalid or taken) for a client at addr, and joins it to general. With a
+// transport t it attaches t at once; without one (a long-poll session,
+// which has no GET yet) the grace period starts.
+func (srv *server) openSession(wanted, addr string, t transport) (*session, error) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	if srv.closed {
@@ -141,19 +146,28 @@ func (srv *server) openSession(wanted string, t transport) (*session, error) {
 	if len(srv.sessions) >= srv.cfg.MaxSessions {
 		return nil, errServerBusy
 	}
+	// One client must not take every session for itself: sessions cost a
+	// request every cfg.Grace to keep, and nothing to make.
+	if srv.perAddr[addr] >= srv.cfg.SessionsPerIP {
+		return nil, errAddressBusy
+	}
+	srv.perAddr[addr]++
 	s := &session{
 		srv:    srv,
 		sid:    newSID(),
+		addr:   addr,
 		rooms:  make(map[string]*room),
 		typing: make(map[string]*time.Timer),
 		acks:   make(map[int64][]byte),
 		rate:   bucket{tokens: float64(srv.cfg.Burst), at: time.Now()},
+
+		progress: newBell(),
 	}
 	name, err := validUsername(wanted)
-	if err != nil || srv.names[strings.ToLower(name)] != nil {
+	if err != nil || srv.names[foldName(name)] != nil {
 		name = srv.guestName()
 	}
-	s.name, s.key = name, strings.ToLower(name)
+	s.name, s.key = name, foldName(name)
 	srv.sessions[s.sid] = s
 	srv.names[s.key] = s
 	if t != nil {
@@ -220,6 +234,7 @@ func (srv *server) attach(s *session, t transport, after int64) error {
 	}
 	s.transport = t
 	s.delivered = after
+	s.progress.ring()
 	stopTimer(s.grace)
 	s.grace = nil
 	if after < s.lastSeq {
@@ -282,6 +297,9 @@ func (srv *server) endSession(s *session, why string) {
 	}
 	delete(srv.sessions, s.sid)
 	delete(srv.names, s.key)
+	if srv.perAddr[s.addr]--; srv.perAddr[s.addr] == 0 {
+		delete(srv.perAddr, s.addr)
+	}
 	s.outboxMu.Lock()
 	if s.transport != nil {
 		s.transport.stop(closeEnded)
@@ -372,11 +390,43 @@ func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int
 	return buf, after + int64(n)
 }
 
-// unsent is how many events wait for the transport.
-func (s *session) unsent() int64 {
+// catchUp holds the client's next event back while its transport is far
+// behind: a client that sends a long batch of events (each answered, or
+// each refused by the rate limit and answered; a join_room answered with a
+// room's whole history, twice) must not fall behind on its own answers and
+// be dropped as too slow. Like TCP's flow control, the client is slowed to
+// the pace at which it reads. It waits at most writeWait, or until done: a
+// client that does not read at all is the slow-reader rule's business.
+func (s *session) catchUp(done <-chan struct{}) {
+	deadline := time.NewTimer(writeWait)
+	defer deadline.Stop()
+	for s.farBehind() {
+		select {
+		case <-s.progress:
+		case <-done:
+			return
+		case <-deadline.C:
+			return
+		}
+	}
+}
+
+// farBehind reports whether the transport is more than half way to the
+// slow-reader rule: more than half of cfg.Outbox events, or more than a
+// quarter of maxOutboxBytes, wait for it. (A quarter: one join_room alone
+// may add two copies of a full room's history, its room_joined and its ack.)
+func (s *session) farBehind() bool {
 	s.outboxMu.Lock()
 	defer s.outboxMu.Unlock()
-	return s.lastSeq - s.delivered
+	n := s.lastSeq - s.delivered
+	if n > int64(s.srv.cfg.Outbox/2) {
+		return true
+	}
+	bytes := 0
+	for _, e := range s.outbox[max(0, len(s.outbox)-int(n)):] {
+		bytes += e.size()
+	}
+	return bytes > maxOutboxBytes/4
 }
 
 // markDelivered records that transport t has sent every event up to seq,
@@ -385,6 +435,7 @@ func (s *session) markDelivered(t transport, seq int64) {
 	s.outboxMu.Lock()
 	if s.transport == t {
 		s.delivered = max(s.delivered, seq)
+		s.progress.ring()
 	}
 	s.outboxMu.Unlock()
 }

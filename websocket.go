@@ -32,6 +32,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
@@ -52,7 +53,6 @@ type wsConn struct {
 	state   writerState    // whether a writer runs, may start, or never will again
 	running sync.WaitGroup // writers and pings, which finish waits for
 	more    bell           // "the outbox has more": for the running writer
-	written bell           // "the writer has written": for catchUp
 
 	// What one writer hands on to the next. Only the running writer touches
 	// them (mu orders one writer before the next).
@@ -103,7 +103,7 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancelCause(srv.ctx)
 	c := &wsConn{
 		conn: conn, net: hj.conn, ctx: ctx, cancel: cancel,
-		more: newBell(), written: newBell(),
+		more:  newBell(),
 		state: writerRunning, // no writer may start before the welcome is ready
 		pace:  pacer{budget: &srv.budget},
 	}
@@ -116,7 +116,7 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	resumed := s != nil
 	if !resumed && !errors.Is(err, errShuttingDown) {
 		after = 0
-		s, err = srv.openSession(q.Get("username"), c)
+		s, err = srv.openSession(q.Get("username"), clientAddress(r), c)
 	}
 	if err != nil {
 		why := closeBusy
@@ -148,6 +148,11 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 func (c *wsConn) read() {
 	srv := c.s.srv
 	_, msg, err := c.conn.Read(context.Background())
+	if err == nil && !utf8.Valid(msg) {
+		// A browser fails a connection that sends it invalid UTF-8 in a
+		// text message: none may come in, to be echoed to anyone.
+		err = closeInvalidUTF8
+	}
 	if err == nil && c.handleMessage(msg) {
 		c.readNext() // like a loop, but on a fresh goroutine (speed.go)
 		return
@@ -169,30 +174,12 @@ func (c *wsConn) handleMessage(msg []byte) bool {
 		list = []json.RawMessage{msg} // handle answers it: bad_request
 	}
 	for _, raw := range list {
-		c.catchUp()
+		c.s.catchUp(c.ctx.Done())
 		if !c.s.srv.handle(c.s, raw) {
 			return false
 		}
 	}
 	return true
-}
-
-// catchUp holds the reader back while the writer is more than half an outbox
-// behind: a client that sends a long batch of events (each answered, or each
-// refused by the rate limit and answered) must not fall behind on its own
-// answers and be dropped as too slow. Like TCP's flow control, the client
-// is slowed to the pace at which it reads. Bounded by writeWait: a client
-// that does not read at all is the slow-reader rule's business.
-func (c *wsConn) catchUp() {
-	deadline := time.Now().Add(writeWait)
-	for c.s.unsent() > int64(c.s.srv.cfg.Outbox/2) && time.Now().Before(deadline) {
-		select {
-		case <-c.written:
-		case <-c.ctx.Done():
-			return
-		case <-time.After(time.Until(deadline)):
-		}
-	}
 }
 
 // finish is the reader's last step: a writer closes the connection (if
@@ -280,7 +267,6 @@ func (c *wsConn) writeLoop() {
 				c.after = last
 				c.s.markDelivered(c, last)
 				c.pace.wrote()
-				c.written.ring()
 			}
 		}
 		writeBuffers.put(buf)
