@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -56,6 +58,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.IntVar(&cfg.Outbox, "outbox", cfg.Outbox, "events kept per session")
 	fs.IntVar(&cfg.PresenceLimit, "presence-limit", cfg.PresenceLimit, "members above which a room stops announcing presence")
 	origins := fs.String("origins", "", "extra origins allowed to open WebSockets and POST, comma-separated host patterns")
+	trustProxy := fs.String("trust-proxy", "", "reverse proxies whose X-Forwarded-For is believed: comma-separated addresses or CIDR ranges")
+	tlsCert := fs.String("tls-cert", "", "serve https and wss with this certificate file (PEM), with -tls-key")
+	tlsKey := fs.String("tls-key", "", "the private key file (PEM) of -tls-cert")
 	verbose := fs.Bool("v", false, "log every session's end and every long-poll wait")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown (for go tool pprof)")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
@@ -66,6 +71,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return errors.New("-tls-cert and -tls-key go together")
+	}
 	if cfg.Outbox < 1 || cfg.Burst < 1 || cfg.Rate <= 0 || cfg.MaxSessions < 1 || cfg.SessionsPerIP < 1 || cfg.Grace <= 0 || cfg.PollTimeout <= 0 ||
 		cfg.History < 0 || cfg.PresenceLimit < 0 {
 		return errors.New("-outbox, -burst, -rate, -max-sessions, -sessions-per-ip, -grace and -poll-timeout must be positive; -history and -presence-limit not negative")
@@ -74,6 +82,19 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		if o = strings.TrimSpace(o); o != "" {
 			cfg.Origins = append(cfg.Origins, o)
 		}
+	}
+	for p := range strings.SplitSeq(*trustProxy, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		prefix, err := netip.ParsePrefix(p)
+		if addr, aerr := netip.ParseAddr(p); aerr == nil {
+			prefix, err = addr.Unmap().Prefix(addr.Unmap().BitLen())
+		}
+		if err != nil {
+			return fmt.Errorf("-trust-proxy: %q is neither an address nor a CIDR range", p)
+		}
+		cfg.TrustProxy = append(cfg.TrustProxy, prefix.Masked())
 	}
 	level := slog.LevelInfo
 	if *verbose {
@@ -112,10 +133,27 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		ConnContext:    limitSendBuffer,
 		ConnState:      fresh.track,
 	}
-	log.Info("chat server listening", "addr", ln.Addr().String(), "url", "http://"+displayAddr(ln.Addr()))
+	scheme := "http"
+	if *tlsCert != "" {
+		// https and wss; net/http speaks HTTP/2 to browsers that offer it
+		// (pages and long-polls), and HTTP/1.1 for WebSocket upgrades.
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			return err
+		}
+		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+		scheme = "https"
+	}
+	log.Info("chat server listening", "addr", ln.Addr().String(), "url", scheme+"://"+displayAddr(ln.Addr()))
 
 	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
+	go func() {
+		if hs.TLSConfig != nil {
+			served <- hs.ServeTLS(ln, "", "")
+		} else {
+			served <- hs.Serve(ln)
+		}
+	}()
 	select {
 	case err := <-served:
 		return err
@@ -155,6 +193,9 @@ const sendBuffer = 64 << 10
 
 // limitSendBuffer sets sendBuffer on each connection as it is accepted.
 func limitSendBuffer(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetWriteBuffer(sendBuffer)
 	}

@@ -166,7 +166,7 @@ func (srv *server) serveSendForm(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusBadRequest, "Someone online is using that username right now: choose another.")
 		return
 	}
-	b := srv.formBucket(clientAddress(r))
+	b := srv.formBucket(srv.clientAddress(r))
 	if !b.take(srv.cfg.Rate, srv.cfg.Burst, time.Now()) {
 		srv.mu.Unlock()
 		refuse(http.StatusTooManyRequests, "Too many messages: wait a moment and try again.")

@@ -58,7 +58,7 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 	}
 	sid := r.URL.Query().Get("sid")
 	if sid == "" {
-		s, err := srv.openSession(r.URL.Query().Get("username"), clientAddress(r), nil)
+		s, err := srv.openSession(r.URL.Query().Get("username"), srv.clientAddress(r), nil)
 		if err != nil {
 			writeError(w, http.StatusServiceUnavailable, toChatError(err))
 			return

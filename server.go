@@ -39,20 +39,21 @@ import (
 // (PROTOCOL.md section 8); tests shrink the timeouts instead of sleeping
 // through them.
 type config struct {
-	Grace         time.Duration // how long a session outlives its transport (30 s)
-	PollTimeout   time.Duration // how long a long-poll GET waits for an event (25 s)
-	History       int           // messages kept per room (100)
-	Rate          float64       // events per second per session (20)
-	Burst         int           // the rate limiter's bucket size (40)
-	MaxSessions   int           // live sessions (10,000)
-	SessionsPerIP int           // live sessions of one client address, IPv6 by /64 (1,000)
-	Outbox        int           // events kept per session for resuming (256)
-	PresenceLimit int           // members above which a room is a crowd (200)
-	Origins       []string      // extra origins allowed, as host patterns
-	TypingTimeout time.Duration // typing turns itself off after this (5 s)
-	PingEvery     time.Duration // how often the server pings a WebSocket (30 s)
-	PongWait      time.Duration // how long a ping waits for its pong (10 s); shorter than PingEvery
-	MaxIdleRooms  int           // rooms kept with history but no members (1,000)
+	Grace         time.Duration  // how long a session outlives its transport (30 s)
+	PollTimeout   time.Duration  // how long a long-poll GET waits for an event (25 s)
+	History       int            // messages kept per room (100)
+	Rate          float64        // events per second per session (20)
+	Burst         int            // the rate limiter's bucket size (40)
+	MaxSessions   int            // live sessions (10,000)
+	SessionsPerIP int            // live sessions of one client address, IPv6 by /64 (1,000)
+	Outbox        int            // events kept per session for resuming (256)
+	PresenceLimit int            // members above which a room is a crowd (200)
+	Origins       []string       // extra origins allowed, as host patterns
+	TrustProxy    []netip.Prefix // reverse proxies whose X-Forwarded-For is believed
+	TypingTimeout time.Duration  // typing turns itself off after this (5 s)
+	PingEvery     time.Duration  // how often the server pings a WebSocket (30 s)
+	PongWait      time.Duration  // how long a ping waits for its pong (10 s); shorter than PingEvery
+	MaxIdleRooms  int            // rooms kept with history but no members (1,000)
 	Logger        *slog.Logger
 }
 
@@ -272,8 +273,12 @@ func (srv *server) crossSite(r *http.Request) bool {
 
 // clientAddress is the key under which per-address limits count a request:
 // its client's IP address, or for IPv6 its /64 network, which one
-// household or one cloud machine is usually handed whole.
-func clientAddress(r *http.Request) string {
+// household or one cloud machine is usually handed whole. Behind a reverse
+// proxy every request comes from the proxy: when it is one of
+// cfg.TrustProxy, the client is the rightmost X-Forwarded-For entry that is
+// not a trusted proxy itself (entries to its left could be made up by the
+// client; only those added by our proxies are believed).
+func (srv *server) clientAddress(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		host = r.RemoteAddr
@@ -282,9 +287,30 @@ func clientAddress(r *http.Request) string {
 	if err != nil {
 		return host
 	}
-	if ip = ip.Unmap(); ip.Is6() {
+	ip = ip.Unmap()
+	if srv.trusted(ip) {
+		hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+		for i := len(hops) - 1; i >= 0 && srv.trusted(ip); i-- {
+			hop, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+			if err != nil {
+				break // not an address: believe nothing further left
+			}
+			ip = hop.Unmap()
+		}
+	}
+	if ip.Is6() {
 		prefix, _ := ip.Prefix(64)
 		return prefix.String()
 	}
 	return ip.String()
+}
+
+// trusted reports whether ip is one of the reverse proxies of -trust-proxy.
+func (srv *server) trusted(ip netip.Addr) bool {
+	for _, p := range srv.cfg.TrustProxy {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }

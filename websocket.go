@@ -116,7 +116,7 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	resumed := s != nil
 	if !resumed && !errors.Is(err, errShuttingDown) {
 		after = 0
-		s, err = srv.openSession(q.Get("username"), clientAddress(r), c)
+		s, err = srv.openSession(q.Get("username"), srv.clientAddress(r), c)
 	}
 	if err != nil {
 		why := closeBusy
