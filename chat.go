@@ -66,6 +66,7 @@ type message struct {
 	Username  string `json:"username"`
 	Text      string `json:"text"`
 	Timestamp string `json:"timestamp"`
+	CID       string `json:"cid,omitempty"` // the sender's own id for it (PROTOCOL.md section 4)
 }
 
 // entry is a message in a room's history, with its JSON, encoded once when
@@ -109,12 +110,48 @@ func (srv *server) announce(r *room, skip *session, event string, data any) {
 	}
 }
 
-// publish keeps a message in the room's history, dropping the oldest past
+// post makes a new message of username's in room r and publishes it.
+// Without -data that is all. With it, the message is first written to the
+// journal (journal.go), and published only once it is on disk, so that
+// nobody hears of a message a crash could lose. srv.mu is held; post lets
+// go of it while it waits for the disk, the one place anything does, so
+// that other messages can share the same write (group commit).
+func (srv *server) post(r *room, username, text, cid string) (message, error) {
+	srv.nextID++
+	m := message{ID: srv.nextID, Room: r.name, Username: username, Text: text, Timestamp: timestamp(), CID: cid}
+	if srv.journal == nil {
+		srv.publish(m)
+		return m, nil
+	}
+	written := make(chan error, 1)
+	err := srv.journal.append(m, func(err error) { // on the journal's goroutine, in order
+		if err == nil {
+			srv.mu.Lock()
+			srv.publish(m)
+			srv.mu.Unlock()
+		}
+		written <- err
+	})
+	if err == nil {
+		srv.mu.Unlock()
+		err = <-written
+		srv.mu.Lock()
+	}
+	if err != nil {
+		srv.log.Error("a message could not be stored", "err", err)
+		return m, errNotStored
+	}
+	return m, nil
+}
+
+// errNotStored answers a message the journal could not write.
+var errNotStored = &chatError{"server_busy", "the message could not be stored: try again later"}
+
+// publish keeps a message in its room's history, dropping the oldest past
 // cfg.History, and broadcasts it to every member, the sender included.
 // srv.mu is held.
-func (srv *server) publish(r *room, username, text string) message {
-	srv.nextID++
-	m := message{ID: srv.nextID, Room: r.name, Username: username, Text: text, Timestamp: timestamp()}
+func (srv *server) publish(m message) {
+	r := srv.room(m.Room)
 	e := entry{m, encode("", m, "")}
 	if len(r.history) < srv.cfg.History {
 		r.history = append(r.history, e)
@@ -124,7 +161,58 @@ func (srv *server) publish(r *room, username, text string) message {
 	}
 	r.shared.changed()
 	srv.broadcast(r, nil, concat(`{"event":"new_message","data":`, e.json, `,"seq":`))
-	return m
+	srv.forgetIdle(r) // a room may have nobody in it (the form posts to general): then it counts as idle
+}
+
+// keepHistory opens the journal in dir (journal.go) and gives each room
+// the history kept there, with new ids above every one of it. From then on
+// every room message is written there before it is published (post).
+func (srv *server) keepHistory(dir string) error {
+	j, history, err := openJournal(dir, srv.cfg.History, srv.snapshot)
+	if err != nil {
+		return err
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	for _, m := range history { // sorted by id
+		r := srv.room(m.Room)
+		r.history = append(r.history, entry{m, encode("", m, "")})
+		srv.nextID = max(srv.nextID, m.ID)
+	}
+	for _, r := range srv.rooms {
+		srv.forgetIdle(r) // nobody is in them yet: the idle-room cap holds from the start
+	}
+	srv.journal = j
+	return nil
+}
+
+// snapshot returns every message the rooms keep: the journal rewrites
+// itself with them alone when it compacts.
+func (srv *server) snapshot() []message {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	var kept []message
+	for _, r := range srv.rooms {
+		for _, e := range r.history {
+			kept = append(kept, e.message)
+		}
+	}
+	return kept
+}
+
+// sent returns the message in r's history that username sent with cid,
+// if there is one: a message sent again, after a reconnect or a restart
+// (PROTOCOL.md section 4, "Sending exactly once").
+func (r *room) sent(username, cid string) (message, bool) {
+	if cid == "" {
+		return message{}, false
+	}
+	for _, e := range r.history {
+		if e.CID == cid && e.Username == username {
+			return e.message, true
+		}
+	}
+	return message{}, false
 }
 
 // roomJoined is the data of room_joined (and of join_room's ack):

@@ -114,11 +114,12 @@ func validEventName(name string) bool {
 // ackData is the data of an ack event: ok, and either the error or the
 // event's result (PROTOCOL.md section 4).
 type ackData struct {
-	OK       bool            `json:"ok"`
-	Error    *chatError      `json:"error,omitempty"`
-	Message  any             `json:"message,omitempty"`  // send_message, private_message
-	Username string          `json:"username,omitempty"` // set_username
-	Data     json.RawMessage `json:"data,omitempty"`     // echo_message
+	OK        bool            `json:"ok"`
+	Error     *chatError      `json:"error,omitempty"`
+	Message   any             `json:"message,omitempty"`   // send_message, private_message
+	Duplicate bool            `json:"duplicate,omitempty"` // send_message: stored before, with this cid
+	Username  string          `json:"username,omitempty"`  // set_username
+	Data      json.RawMessage `json:"data,omitempty"`      // echo_message
 	*roomJoined
 	*roomList
 }
@@ -234,7 +235,7 @@ func (srv *server) echoMessage(s *session, data json.RawMessage) (ackData, error
 }
 
 func (srv *server) sendMessage(s *session, data json.RawMessage) (ackData, error) {
-	var req struct{ Text, Room string }
+	var req struct{ Text, Room, CID string }
 	if err := decodeData(data, &req); err != nil {
 		return ackData{}, err
 	}
@@ -245,8 +246,17 @@ func (srv *server) sendMessage(s *session, data json.RawMessage) (ackData, error
 	if err := validText(req.Text); err != nil {
 		return ackData{}, err
 	}
+	if err := validCID(req.CID); err != nil {
+		return ackData{}, err
+	}
+	if m, ok := r.sent(s.name, req.CID); ok {
+		return ackData{Message: m, Duplicate: true}, nil // stored the first time
+	}
 	srv.stopTyping(s, r)
-	m := srv.publish(r, s.name, req.Text)
+	m, err := srv.post(r, s.name, req.Text, req.CID)
+	if err != nil {
+		return ackData{}, err
+	}
 	return ackData{Message: m}, nil
 }
 

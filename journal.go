@@ -86,16 +86,9 @@ var (
 	errChecksum = errors.New("checksum mismatch")
 )
 
-// record is a stored room message: chat.go's message (new_message) and its
-// cid, kept so that a message sent again after a restart is stored once.
-type record struct {
-	ID        int64  `json:"id"`
-	Room      string `json:"room"`
-	Username  string `json:"username"`
-	Text      string `json:"text"`
-	Timestamp string `json:"timestamp"`
-	CID       string `json:"cid,omitempty"`
-}
+// record is a room message as the journal keeps it: chat.go's message,
+// with its id, time and cid (the JSON of new_message).
+type record = message
 
 // pending is a queued append: the record, and whom to tell when it is on disk.
 type pending struct {
@@ -127,6 +120,9 @@ type journal struct {
 	minGrowth int64  // compactFloor; tests shrink it before their first append
 	err       error  // the first I/O error, answered to every later append
 	buf       []byte // the batch being encoded, reused
+
+	closeOnce sync.Once // close may be called more than once (main defers it)
+	closeErr  error
 
 	syncs       atomic.Int64 // fsyncs of batches: what group commit saves
 	compactions atomic.Int64
@@ -381,18 +377,20 @@ func syncDir(dir string) error {
 }
 
 // close publishes what is queued, stops the committer and frees the
-// directory. It answers the first I/O error the journal met, if any. A
-// second close only answers an error.
+// directory. It answers the first I/O error the journal met, if any;
+// closing again answers the same.
 func (j *journal) close() error {
-	j.mu.Lock()
-	j.closing = true
-	j.mu.Unlock()
-	select {
-	case j.wake <- struct{}{}:
-	default:
-	}
-	<-j.done
-	err := cmp.Or(j.err, j.f.Close()) // the first error; the file is closed either way
-	j.lock.Close()                    // releases the flock
-	return err
+	j.closeOnce.Do(func() {
+		j.mu.Lock()
+		j.closing = true
+		j.mu.Unlock()
+		select {
+		case j.wake <- struct{}{}:
+		default:
+		}
+		<-j.done
+		j.closeErr = cmp.Or(j.err, j.f.Close()) // the first error; the file is closed either way
+		j.lock.Close()                          // releases the flock
+	})
+	return j.closeErr
 }

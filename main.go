@@ -59,6 +59,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.IntVar(&cfg.PresenceLimit, "presence-limit", cfg.PresenceLimit, "members above which a room stops announcing presence")
 	origins := fs.String("origins", "", "extra origins allowed to open WebSockets and POST, comma-separated host patterns")
 	trustProxy := fs.String("trust-proxy", "", "reverse proxies whose X-Forwarded-For is believed: comma-separated addresses or CIDR ranges")
+	dataDir := fs.String("data", "", "keep room history in this directory across restarts (none: in memory only)")
 	tlsCert := fs.String("tls-cert", "", "serve https and wss with this certificate file (PEM), with -tls-key")
 	tlsKey := fs.String("tls-key", "", "the private key file (PEM) of -tls-cert")
 	verbose := fs.Bool("v", false, "log every session's end and every long-poll wait")
@@ -103,6 +104,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	cfg.Logger = slog.New(slog.NewTextHandler(stdout, &slog.HandlerOptions{Level: level}))
 	log := cfg.Logger
 
+	srv := newServer(cfg)
+	if *dataDir != "" {
+		if err := srv.keepHistory(*dataDir); err != nil {
+			return err
+		}
+		defer srv.journal.close()
+		log.Info("room history kept", "dir", *dataDir)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -118,7 +127,6 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	srv := newServer(cfg)
 	var fresh freshConns
 	hs := &http.Server{
 		Handler:           srv,
@@ -177,6 +185,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	<-closed
 	<-served // http.ErrServerClosed
+	if srv.journal != nil {
+		err = errors.Join(err, srv.journal.close()) // what is queued is written first
+	}
 	return err
 }
 

@@ -67,8 +67,9 @@ func (srv *server) servePage(w http.ResponseWriter, r *http.Request) {
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(plainWriteWait))
 	if err := page.Execute(w, struct {
 		Nonce    string
+		CID      string // the form's message: sent twice, stored once
 		Messages []message
-	}{nonce, messages}); err != nil {
+	}{nonce, rand.Text(), messages}); err != nil {
 		srv.log.Warn("page", "err", err)
 	}
 }
@@ -151,12 +152,17 @@ func (srv *server) serveSendForm(w http.ResponseWriter, r *http.Request) {
 	}
 	name, err := validUsername(r.PostForm.Get("username"))
 	if err != nil {
-		refuse(http.StatusBadRequest, "That username is not valid: use 1 to 24 letters, digits, spaces, '-', '_' or '.'.")
+		refuse(http.StatusBadRequest, "That username is not valid: "+toChatError(err).Message+".")
 		return
 	}
 	text := r.PostForm.Get("message")
 	if err := validText(text); err != nil {
 		refuse(http.StatusBadRequest, "A message is 1 to 2000 characters.")
+		return
+	}
+	cid := r.PostForm.Get("cid") // made by the server with the page: a form sent twice is stored once
+	if err := validCID(cid); err != nil {
+		refuse(http.StatusBadRequest, "The form could not be read.")
 		return
 	}
 
@@ -173,8 +179,13 @@ func (srv *server) serveSendForm(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g := srv.room(defaultRoomName)
-	srv.publish(g, name, text)
-	srv.forgetIdle(g) // general may have nobody in it: then it counts as idle
+	if _, ok := g.sent(name, cid); !ok {
+		if _, err := srv.post(g, name, text, cid); err != nil {
+			srv.mu.Unlock()
+			refuse(http.StatusServiceUnavailable, "The message could not be stored: try again in a moment.")
+			return
+		}
+	}
 	srv.mu.Unlock()
 
 	http.Redirect(w, r, "/", http.StatusSeeOther)

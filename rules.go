@@ -58,6 +58,20 @@ func validText(text string) error {
 	return nil
 }
 
+// validCID checks a message's cid: empty (none), or 1–64 characters of
+// A–Z a–z 0–9 - _. It is the client's own id for the message, random per
+// message, so that sending it again stores nothing twice.
+func validCID(cid string) error {
+	ok := len(cid) <= 64
+	for _, c := range []byte(cid) {
+		ok = ok && ('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_')
+	}
+	if !ok {
+		return badRequest("cid is 1-64 characters of A-Z, a-z, 0-9, '-' and '_'")
+	}
+	return nil
+}
+
 // bucket is a token bucket, the rate limit of one session (or, for the
 // form, of one address): cfg.Rate tokens a second, at most cfg.Burst. A
 // client may send a burst, then keeps to the rate.

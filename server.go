@@ -99,10 +99,11 @@ type server struct {
 	// ctx is the lifetime of every WebSocket connection (not r.Context(),
 	// which net/http cancels in ways that have nothing to do with us).
 	// close cancels it with the cause closeGoingAway.
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	conns  sync.WaitGroup // WebSocket connections and waiting long-polls
-	budget writeBudget    // how often WebSockets may write (speed.go)
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	conns   sync.WaitGroup // WebSocket connections and waiting long-polls
+	budget  writeBudget    // how often WebSockets may write (speed.go)
+	journal *journal       // with -data, where room messages are kept (journal.go); else nil
 
 	// mu guards the whole chat state: the maps below and every session's
 	// name, rooms, typing timers, ack answers, rate bucket and grace timer.
