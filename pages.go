@@ -102,7 +102,8 @@ const aboutPage = `<!doctype html>
 <meta name="color-scheme" content="light dark"><title>About this chat</title><style>` + plainStyle + `</style></head>
 <body><h1>About this chat</h1>
 <p>A small real-time chat server written in Go, with one dependency:
-github.com/coder/websocket. Everything is kept in memory.</p>
+github.com/coder/websocket. Room history is kept in memory, or on disk
+when the server is started with <code>-data</code>.</p>
 <p>It speaks two transports, carrying the same events and the same sessions:</p>
 <ul>
 <li><strong>WebSocket</strong> at <code>GET /ws</code>, tried first;</li>
