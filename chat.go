@@ -30,8 +30,9 @@ type room struct {
 	// then costs a binary search and a copy, not a sort of the whole room.
 	members []*session
 	history []entry
-	users   usersList   // the names room_joined lists, kept encoded (speed.go)
-	shared  historyList // the history as room_joined sends it (speed.go)
+	posting map[string]*posting // messages on their way to disk, by username and cid (post)
+	users   usersList           // the names room_joined lists, kept encoded (speed.go)
+	shared  historyList         // the history as room_joined sends it (speed.go)
 }
 
 // byName orders sessions by their lowercase name, then by name.
@@ -91,9 +92,9 @@ func timestamp() string {
 	return time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00")
 }
 
-// broadcast sends one event to every member of r except skip. The event is
-// encoded once (encodeEvent), and the same bytes go into every member's
-// outbox. srv.mu is held.
+// broadcast sends one event to every member of r except skip. The caller
+// encodes the event once (encodeEvent; publish for new_message), and the
+// same bytes go into every member's outbox. srv.mu is held.
 func (srv *server) broadcast(r *room, skip *session, body []byte) {
 	for _, m := range r.members {
 		if m != skip {
@@ -110,38 +111,68 @@ func (srv *server) announce(r *room, skip *session, event string, data any) {
 	}
 }
 
-// post makes a new message of username's in room r and publishes it.
+// post makes a new message of username's in room r and publishes it, or,
+// when username already sent one with the same cid (PROTOCOL.md section 4,
+// "Sending exactly once"), answers that one, stored the first time.
+//
 // Without -data that is all. With it, the message is first written to the
 // journal (journal.go), and published only once it is on disk, so that
 // nobody hears of a message a crash could lose. srv.mu is held; post lets
 // go of it while it waits for the disk, the one place anything does, so
-// that other messages can share the same write (group commit).
-func (srv *server) post(r *room, username, text, cid string) (message, error) {
+// that other messages can share the same write (group commit). Meanwhile
+// the message is in r.posting, so that the same cid sent again waits for
+// it instead of being stored twice.
+func (srv *server) post(r *room, username, text, cid string) (m message, duplicate bool, err error) {
+	if m, ok := r.sent(username, cid); ok {
+		return m, true, nil
+	}
+	key := username + "\n" + cid
+	if p := r.posting[key]; p != nil {
+		srv.waitFor(p.done)
+		return p.m, true, p.err
+	}
 	srv.nextID++
-	m := message{ID: srv.nextID, Room: r.name, Username: username, Text: text, Timestamp: timestamp(), CID: cid}
+	m = message{ID: srv.nextID, Room: r.name, Username: username, Text: text, Timestamp: timestamp(), CID: cid}
 	if srv.journal == nil {
 		srv.publish(m)
-		return m, nil
+		return m, false, nil
 	}
-	written := make(chan error, 1)
-	err := srv.journal.append(m, func(err error) { // on the journal's goroutine, in order
-		if err == nil {
-			srv.mu.Lock()
-			srv.publish(m)
-			srv.mu.Unlock()
-		}
-		written <- err
-	})
-	if err == nil {
-		srv.mu.Unlock()
-		err = <-written
+	p := &posting{m: m, done: make(chan struct{})}
+	if cid != "" {
+		r.posting[key] = p
+	}
+	err = srv.journal.append(m, func(err error) { // on the journal's goroutine, in order
 		srv.mu.Lock()
+		if err == nil {
+			srv.publish(m)
+		} else {
+			srv.log.Error("a message could not be stored", "err", err)
+			p.err = errNotStored
+		}
+		delete(r.posting, key)
+		srv.mu.Unlock()
+		close(p.done)
+	})
+	if err != nil { // the journal is closed: the server is stopping
+		delete(r.posting, key)
+		return m, false, errNotStored
 	}
-	if err != nil {
-		srv.log.Error("a message could not be stored", "err", err)
-		return m, errNotStored
-	}
-	return m, nil
+	srv.waitFor(p.done)
+	return m, false, p.err
+}
+
+// posting is a message on its way to the journal.
+type posting struct {
+	m    message
+	done chan struct{} // closed once it is published, or could not be stored
+	err  error
+}
+
+// waitFor lets go of srv.mu until done is closed. Only post waits.
+func (srv *server) waitFor(done <-chan struct{}) {
+	srv.mu.Unlock()
+	<-done
+	srv.mu.Lock()
 }
 
 // errNotStored answers a message the journal could not write.
@@ -248,7 +279,7 @@ func (srv *server) join(s *session, name string, since int64) (*roomJoined, erro
 func (srv *server) room(name string) *room {
 	r := srv.rooms[name]
 	if r == nil {
-		r = &room{name: name, users: usersList{listed: srv.cfg.PresenceLimit}}
+		r = &room{name: name, posting: make(map[string]*posting), users: usersList{listed: srv.cfg.PresenceLimit}}
 		srv.rooms[name] = r
 	}
 	return r

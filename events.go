@@ -4,7 +4,8 @@
 // Both transports deliver the same thing: a JSON envelope
 // {"event": name, "data": {...}, "ack": n}, or an array of them. handle
 // decodes one, looks its name up in the handlers table, and runs the
-// handler with srv.mu held. A handler changes rooms and sessions, pushes
+// handler with srv.mu held (post, with -data, lets go of it while the
+// message is written to disk). A handler changes rooms and sessions, pushes
 // the events it causes into outboxes (chat.go broadcasts them), and returns
 // its result. handle then answers: by an ack when the client gave an ack
 // number, by an error event when something failed and nobody asked.
@@ -125,7 +126,8 @@ type ackData struct {
 }
 
 // handlers maps each client event to the function that applies it. Each
-// runs with srv.mu held, pushes the events it causes, and returns its
+// runs with srv.mu held (see post for the one exception), pushes the events
+// it causes, and returns its
 // result for the ack.
 var handlers = map[string]func(srv *server, s *session, data json.RawMessage) (ackData, error){
 	"echo_message":    (*server).echoMessage,
@@ -150,6 +152,12 @@ var appliedAgain = map[string]bool{"join_room": true, "list_rooms": true, "echo_
 // session has ended (or the server is closing), and nothing was done.
 func (srv *server) handle(s *session, raw json.RawMessage) bool {
 	env, ack, err := decodeEnvelope(raw)
+	// One event of a session at a time, even from two connections: an
+	// event resent on a new connection waits until the first is answered,
+	// then finds its answer remembered. (Only post, with -data, lets go of
+	// srv.mu in the middle of an event.)
+	s.handling.Lock()
+	defer s.handling.Unlock()
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	if s.ended || srv.closed {
@@ -249,15 +257,12 @@ func (srv *server) sendMessage(s *session, data json.RawMessage) (ackData, error
 	if err := validCID(req.CID); err != nil {
 		return ackData{}, err
 	}
-	if m, ok := r.sent(s.name, req.CID); ok {
-		return ackData{Message: m, Duplicate: true}, nil // stored the first time
-	}
 	srv.stopTyping(s, r)
-	m, err := srv.post(r, s.name, req.Text, req.CID)
+	m, duplicate, err := srv.post(r, s.name, req.Text, req.CID)
 	if err != nil {
 		return ackData{}, err
 	}
-	return ackData{Message: m}, nil
+	return ackData{Message: m, Duplicate: duplicate}, nil
 }
 
 func (srv *server) joinRoom(s *session, data json.RawMessage) (ackData, error) {

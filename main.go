@@ -1,7 +1,14 @@
 // Command chat is a small real-time chat server: WebSockets, with
 // long-polling as the fallback, sessions that survive a dropped connection,
 // rooms, private messages and typing indicators. PROTOCOL.md is its wire
-// contract; README.md says how to run it.
+// contract; README.md says how to run it, and server.go is where the story
+// of the code begins.
+//
+// This file teaches the part every Go server has: flags (PROTOCOL.md
+// section 8), an http.Server whose timeouts bound what a slow or silent
+// client can hold, and a graceful shutdown, which for a real-time server
+// means more than http.Server.Shutdown: it must close the WebSockets it no
+// longer sees (they were hijacked) and answer the long-polls it holds.
 package main
 
 import (

@@ -40,6 +40,9 @@ type pollWait struct {
 	replaced atomic.Bool // a newer transport took over: answer [] at once
 }
 
+// wake rings the GET that is waiting in servePollReceive, on its own
+// request's goroutine (transport.wake). If no GET is waiting, the events
+// stay in the outbox, and the next GET's attach finds them.
 func (p *pollWait) wake() { p.ready.ring() }
 
 func (p *pollWait) stop(why closeReason) {
@@ -94,19 +97,20 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, bad) // nothing applied
 		return
 	}
+	// The answers (acks, errors) go into the outbox like every event: the
+	// client reads them with its next GET. The POST itself answers 204.
 	for i, raw := range list {
 		if srv.handle(s, raw) {
 			continue
 		}
 		// The session ended meanwhile (it fell behind, say), or the server
-		// is shutting down. What was applied stays applied; the next GET
-		// tells the client where it stands.
-		switch {
-		case i > 0:
-		case srv.ctx.Err() != nil:
+		// is shutting down. What was applied stays applied, and the next GET
+		// tells the client where it stands; if nothing was, say why now.
+		if i == 0 && srv.ctx.Err() != nil {
 			writeError(w, http.StatusServiceUnavailable, errShuttingDown)
 			return
-		default:
+		}
+		if i == 0 {
 			writeError(w, http.StatusNotFound, errUnknownSession)
 			return
 		}

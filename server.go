@@ -7,16 +7,19 @@
 //	chat.go       rooms and their fan-out: the chat itself
 //	events.go     the events a client sends, one handler each
 //	rules.go      what a name, a room and a message may be
+//	names.go      names that pass for other names
 //	wire.go       every byte the server sends, encoded in one place
 //	session.go    sessions: the outbox, resuming, the grace period
 //	websocket.go  the WebSocket transport
 //	poll.go       the long-poll transport, for when WebSockets are blocked
 //	speed.go      what exists only for speed and memory (skip it at first)
+//	journal.go    with -data: room history on disk, across restarts
 //
 // There is one lock for the chat, srv.mu. Every handler takes it, changes
 // rooms and sessions, appends events to outboxes, and lets go. Nothing ever
 // waits while holding it: sending happens elsewhere, on each connection's
-// own goroutine. One lock is easy to reason about, and a chat's critical
+// own goroutine. (With -data, a new message waits for the disk: chat.go's
+// post lets go of srv.mu meanwhile.) One lock is easy to reason about, and a chat's critical
 // sections are so short that it is not what limits the server (README,
 // Performance).
 package main

@@ -38,6 +38,8 @@ type session struct {
 	sid  string // 128 random bits; a secret, never shown to others
 	addr string // the client's address, for cfg.SessionsPerIP (clientAddress)
 
+	handling sync.Mutex // held while one of its events is handled (events.go: handle)
+
 	// The chat state of the session, guarded by srv.mu (server.go).
 	name     string
 	key      string // foldName(name): names are unique by it
@@ -365,8 +367,9 @@ func (srv *server) dropSlow(s *session) {
 // appendEvents appends to buf the events after seq `after`, as one JSON
 // value: the envelope alone when there is one and array is false, else a
 // JSON array. It returns the new buffer and the seq of the last event.
-// Once the session has ended (or fell behind) there is nothing to send:
-// its transport has been stopped.
+// Once the session has ended there is nothing to send: its transport has
+// been stopped. (One that fell behind keeps its events, for a resume that
+// is refused.)
 func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int64) {
 	s.outboxMu.Lock()
 	defer s.outboxMu.Unlock()

@@ -223,11 +223,10 @@ func (u *usersList) names(members []*session) []string {
 	return u.list
 }
 
-// encoded returns the list as the end of a room_joined event (names must
-// have been called since the last change).
-func (u *usersList) encoded() []byte {
+// encoded returns the list as the end of a room_joined event.
+func (u *usersList) encoded(members []*session) []byte {
 	if u.tail == nil {
-		u.tail = encode(`],"users":`, u.list, `},"seq":`)
+		u.tail = encode(`],"users":`, u.names(members), `},"seq":`)
 	}
 	return u.tail
 }

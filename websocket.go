@@ -5,7 +5,8 @@
 // connection here, the way gorilla/websocket's chat example states its own:
 //
 //   - One reader (read). Someone always reads the socket, so the client's
-//     pings and close frames are answered. It handles each event it reads
+//     pings and close frames are answered (but for the moments it handles a
+//     message: see ping). It handles each event it reads
 //     (events.go), and when the connection ends it lets go of the session,
 //     which waits cfg.Grace for the client to come back.
 //   - At most one writer at a time (writeLoop), and only while there is
@@ -31,6 +32,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -49,7 +51,7 @@ type wsConn struct {
 	ctx    context.Context // ends when the connection must close; its cause says why
 	cancel context.CancelCauseFunc
 
-	mu      sync.Mutex     // guards state
+	mu      sync.Mutex     // guards state and pinger
 	state   writerState    // whether a writer runs, may start, or never will again
 	running sync.WaitGroup // writers and pings, which finish waits for
 	more    bell           // "the outbox has more": for the running writer
@@ -60,7 +62,8 @@ type wsConn struct {
 	after   int64  // the seq of the last event written
 	pace    pacer  // spaces the writes when many connections write (speed.go)
 
-	pinger *time.Timer // the next ping
+	pinger *time.Timer // the next ping (guarded by mu)
+	busy   atomic.Bool // the reader is handling a message, so it reads no pongs
 }
 
 // writerState says whether a connection's writer runs.
@@ -173,6 +176,8 @@ func (c *wsConn) handleMessage(msg []byte) bool {
 	if err != nil {
 		list = []json.RawMessage{msg} // handle answers it: bad_request
 	}
+	c.busy.Store(true)
+	defer c.busy.Store(false)
 	for _, raw := range list {
 		c.s.catchUp(c.ctx.Done())
 		if !c.s.srv.handle(c.s, raw) {
@@ -310,10 +315,14 @@ func (c *wsConn) ping() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), c.s.srv.cfg.PongWait)
 	defer cancel()
-	if err := c.conn.Ping(ctx); err != nil {
+	err := c.conn.Ping(ctx)
+	if err != nil && !(errors.Is(err, context.DeadlineExceeded) && c.busy.Load()) {
 		c.cancel(fmt.Errorf("no pong: %w", err)) // a writer drops the connection
 		return
 	}
+	// (A pong is read by the reader. While it handles a message, which may
+	// wait for the writer or the disk, none is: the client is alive, it
+	// has just sent something.)
 	c.mu.Lock()
 	if c.state != writerClosed {
 		c.pinger.Reset(c.s.srv.cfg.PingEvery)

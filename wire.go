@@ -100,7 +100,7 @@ func encode(head string, v any, tail string) []byte {
 // (Room names need no escaping in JSON: letters, digits, '-', '_', '.'.)
 func encodeJoined(head string, j *roomJoined) outEvent {
 	head += `"room":"` + j.room.name + `","count":` + strconv.Itoa(j.count) + `,"history":[`
-	return outEvent{body: []byte(head), list: j.history, tail: j.room.users.encoded()}
+	return outEvent{body: []byte(head), list: j.history, tail: j.room.users.encoded(j.room.members)}
 }
 
 // encodeAnswer encodes the answer to an event: an ack when the client gave
