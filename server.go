@@ -296,6 +296,9 @@ func (srv *server) clientAddress(r *http.Request) string {
 		hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
 		for i := len(hops) - 1; i >= 0 && srv.trusted(ip); i-- {
 			hop, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+			if ap, perr := netip.ParseAddrPort(strings.TrimSpace(hops[i])); perr == nil {
+				hop, err = ap.Addr(), nil // some proxies add the client's port
+			}
 			if err != nil {
 				break // not an address: believe nothing further left
 			}
