@@ -15,7 +15,7 @@
 // The server's default limits are for people: 20 events a second per
 // session, 10,000 sessions. Start it with raised ones for a benchmark:
 //
-//	go run . -rate 100000 -burst 100000 -max-sessions 100000
+//	go run . -rate 100000 -burst 100000 -max-sessions 100000 -sessions-per-ip 100000
 //
 // Three things make the numbers honest:
 //
@@ -78,7 +78,7 @@ const (
 
 // serverHint is printed when the server refused clients or messages.
 const serverHint = "hint: the server refused clients or messages; for a large run start it with raised limits:\n" +
-	"      -rate 100000 -burst 100000 -max-sessions 100000"
+	"      -rate 100000 -burst 100000 -max-sessions 100000 -sessions-per-ip 100000"
 
 type options struct {
 	url, transport, room  string
