@@ -123,6 +123,7 @@ func (srv *server) publish(r *room, username, text string) message {
 		r.history[len(r.history)-1] = e
 	}
 	r.shared.changed()
+	srv.metrics.stored.Add(1)
 	srv.broadcast(r, nil, concat(`{"event":"new_message","data":`, e.json, `,"seq":`))
 	return m
 }
