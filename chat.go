@@ -191,6 +191,7 @@ func (srv *server) publish(m message) {
 		r.history[len(r.history)-1] = e
 	}
 	r.shared.changed()
+	srv.metrics.stored.Add(1)
 	srv.broadcast(r, nil, concat(`{"event":"new_message","data":`, e.json, `,"seq":`))
 	srv.forgetIdle(r) // a room may have nobody in it (the form posts to general): then it counts as idle
 }

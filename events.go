@@ -165,6 +165,7 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 	}
 	if !s.rate.take(srv.cfg.Rate, srv.cfg.Burst, time.Now()) {
 		// Not remembered: the client may send the same ack number again.
+		srv.metrics.refused.add("rate_limited")
 		s.pushEvent(encodeAnswer(env.Event, ack, ackData{}, &chatError{"rate_limited", "too many events: slow down"}))
 		return true
 	}
@@ -180,6 +181,7 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 			err = &chatError{"unknown_event", fmt.Sprintf("there is no event %q", env.Event)}
 		}
 	}
+	srv.metrics.refuse(err)
 	if ack == 0 && err == nil {
 		return true // done, and nobody asked to hear so
 	}

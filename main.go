@@ -69,6 +69,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	dataDir := fs.String("data", "", "keep room history in this directory across restarts (none: in memory only)")
 	tlsCert := fs.String("tls-cert", "", "serve https and wss with this certificate file (PEM), with -tls-key")
 	tlsKey := fs.String("tls-key", "", "the private key file (PEM) of -tls-cert")
+	fs.BoolVar(&cfg.Metrics, "metrics", false, "serve GET /metrics in the Prometheus text format")
 	verbose := fs.Bool("v", false, "log every session's end and every long-poll wait")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown (for go tool pprof)")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {

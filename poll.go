@@ -66,7 +66,9 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusServiceUnavailable, toChatError(err))
 			return
 		}
-		writeRawJSON(w, http.StatusOK, srv.encodeWelcome(s, false))
+		welcome := srv.encodeWelcome(s, false)
+		writeRawJSON(w, http.StatusOK, welcome)
+		srv.metrics.written.Add(int64(len(welcome)))
 		return
 	}
 
@@ -151,6 +153,8 @@ func (srv *server) servePollReceive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer srv.detach(s, p) // the grace period starts when the answer goes
+	srv.metrics.polling.Add(1)
+	defer srv.metrics.polling.Add(-1)
 
 	timeout := time.NewTimer(srv.cfg.PollTimeout)
 	defer timeout.Stop()
@@ -164,11 +168,13 @@ func (srv *server) servePollReceive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	msg := []byte("[]")
+	msg, last := []byte("[]"), after
 	if !p.replaced.Load() {
-		msg, _ = s.appendEvents(make([]byte, 0, 512), after, true)
+		msg, last = s.appendEvents(make([]byte, 0, 512), after, true)
 	}
 	writeRawJSON(w, http.StatusOK, msg)
+	srv.metrics.written.Add(int64(len(msg)))
+	srv.metrics.delivered.Add(last - after)
 }
 
 // findSession returns the live session sid, or nil.

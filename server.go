@@ -14,6 +14,7 @@
 //	poll.go       the long-poll transport, for when WebSockets are blocked
 //	speed.go      what exists only for speed and memory (skip it at first)
 //	journal.go    with -data: room history on disk, across restarts
+//	metrics.go    the server in numbers, for Prometheus (-metrics)
 //
 // There is one lock for the chat, srv.mu. Every handler takes it, changes
 // rooms and sessions, appends events to outboxes, and lets go. Nothing ever
@@ -57,6 +58,7 @@ type config struct {
 	PingEvery     time.Duration  // how often the server pings a WebSocket (30 s)
 	PongWait      time.Duration  // how long a ping waits for its pong (10 s); shorter than PingEvery
 	MaxIdleRooms  int            // rooms kept with history but no members (1,000)
+	Metrics       bool           // serve GET /metrics, for Prometheus (off)
 	Logger        *slog.Logger
 }
 
@@ -107,6 +109,9 @@ type server struct {
 	conns   sync.WaitGroup // WebSocket connections and waiting long-polls
 	budget  writeBudget    // how often WebSockets may write (speed.go)
 	journal *journal       // with -data, where room messages are kept (journal.go); else nil
+	// metrics are counted whether or not GET /metrics serves them: an
+	// atomic add each (metrics.go).
+	metrics *metrics
 
 	// mu guards the whole chat state: the maps below and every session's
 	// name, rooms, typing timers, ack answers, rate bucket and grace timer.
@@ -140,6 +145,7 @@ func newServer(cfg config) *server {
 		rooms:    make(map[string]*room),
 		idle:     make(map[*room]struct{}),
 		formRate: make(map[string]*bucket),
+		metrics:  newMetrics(),
 	}
 	// Message ids start from the clock (microseconds, well within what a
 	// JavaScript number holds exactly), so that they keep growing across a
@@ -160,6 +166,9 @@ func newServer(cfg config) *server {
 	srv.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
+	if cfg.Metrics {
+		srv.mux.HandleFunc("GET /metrics", srv.serveMetrics)
+	}
 	return srv
 }
 

@@ -211,7 +211,7 @@ func (srv *server) continueSession(sid string, after int64, t transport) (*sessi
 	}
 	err := srv.attach(s, t, after)
 	if errors.Is(err, errUnknownSession) {
-		srv.endSession(s, "cannot resume")
+		srv.endSession(s, endRefusedResume)
 	}
 	if err != nil {
 		return nil, err
@@ -233,6 +233,7 @@ func (srv *server) attach(s *session, t transport, after int64) error {
 	}
 	if s.transport != nil && s.transport != t {
 		s.transport.stop(closeReplaced)
+		srv.metrics.replaced.Add(1)
 	}
 	s.transport = t
 	s.delivered = after
@@ -273,7 +274,7 @@ func (srv *server) startGrace(s *session) {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		if s.grace == t { // not stopped or restarted since
-			srv.endSession(s, "grace period over")
+			srv.endSession(s, endGrace)
 		}
 	})
 	s.grace = t
@@ -285,14 +286,25 @@ func stopTimer(t *time.Timer) {
 	}
 }
 
+// endReason is why a session ended: the log says it, and /metrics counts
+// the ends by it. (A replaced transport ends no session: it goes on.)
+type endReason string
+
+const (
+	endGrace         endReason = "grace"          // no transport for cfg.Grace
+	endTooSlow       endReason = "too_slow"       // more than cfg.Outbox events behind
+	endRefusedResume endReason = "refused_resume" // a resume whose events are gone
+)
+
 // endSession removes the session: it leaves every room (user_left to the
 // others), its name is free again, and its transport is stopped. srv.mu is
 // held.
-func (srv *server) endSession(s *session, why string) {
+func (srv *server) endSession(s *session, why endReason) {
 	if s.ended {
 		return
 	}
 	s.ended = true
+	srv.metrics.ended.add(string(why))
 	stopTimer(s.grace)
 	for _, name := range slices.Sorted(maps.Keys(s.rooms)) {
 		srv.leave(s, s.rooms[name])
@@ -361,7 +373,7 @@ func (s *session) pushEvent(e outEvent) {
 func (srv *server) dropSlow(s *session) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
-	srv.endSession(s, "too slow")
+	srv.endSession(s, endTooSlow)
 }
 
 // appendEvents appends to buf the events after seq `after`, as one JSON

@@ -133,6 +133,7 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 
 	c.s, c.after, c.welcome = s, after, srv.encodeWelcome(s, resumed)
+	srv.metrics.websockets.Add(1)
 	c.running.Add(1)
 	go c.writeLoop()
 	context.AfterFunc(ctx, c.wake) // whenever ctx ends, a writer runs and closes the connection
@@ -165,6 +166,7 @@ func (c *wsConn) read() {
 	c.cancel(err)
 	c.finish()
 	srv.detach(c.s, c)
+	srv.metrics.websockets.Add(-1)
 	srv.conns.Done()
 }
 
@@ -269,6 +271,7 @@ func (c *wsConn) writeLoop() {
 		waiting := last > c.after
 		if waiting {
 			if err = c.write(*buf); err == nil {
+				c.s.srv.metrics.wroteBatch(last - c.after)
 				c.after = last
 				c.s.markDelivered(c, last)
 				c.pace.wrote()
@@ -296,7 +299,10 @@ func (c *wsConn) writeLoop() {
 func (c *wsConn) write(msg []byte) error {
 	c.net.gather()
 	err := c.conn.Write(context.Background(), websocket.MessageText, msg)
-	return errors.Join(err, c.net.send())
+	if err = errors.Join(err, c.net.send()); err == nil {
+		c.s.srv.metrics.written.Add(int64(len(msg)))
+	}
+	return err
 }
 
 // ping sends a ping and waits for the pong, at most cfg.PongWait (a live
