@@ -3,7 +3,7 @@
 // A room is a name, its members and its last messages, kept in one map
 // under the server's one mutex (server.go). Fan-out is the heart of a chat
 // server, and here it is a loop: broadcast encodes the event once, then
-// appends the same bytes to every member's outbox (session.go). Appending
+// appends the same bytes to every member's outbox (outbox.go). Appending
 // never waits on a network. Each member's own transport (websocket.go,
 // poll.go) is woken and sends at its own pace; a member that falls too far
 // behind is dropped instead of slowing the room down.

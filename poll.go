@@ -11,7 +11,7 @@
 //
 // What makes it lossless is the cursor. Every GET carries after=N, the
 // highest seq the client has processed. The server answers every event of
-// the session's outbox (session.go) with a larger seq, and forgets nothing
+// the session's outbox (outbox.go) with a larger seq, and forgets nothing
 // until a later GET says the client has it. A response lost on the way is
 // no loss: the next GET still says after=N and gets the same events again.
 //

@@ -9,7 +9,8 @@
 //	rules.go      what a name, a room and a message may be
 //	names.go      names that pass for other names
 //	wire.go       every byte the server sends, encoded in one place
-//	session.go    sessions: the outbox, resuming, the grace period
+//	session.go    sessions: resuming, the grace period
+//	outbox.go     the outbox of numbered events, and slow readers
 //	websocket.go  the WebSocket transport
 //	poll.go       the long-poll transport, for when WebSockets are blocked
 //	speed.go      what exists only for speed and memory (skip it at first)

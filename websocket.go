@@ -15,7 +15,7 @@
 //   - The writer closes the connection. Whoever wants it closed (a
 //     replacement, a slow-reader drop, the end of the session, shutdown, a
 //     broken socket) cancels the connection's context with a cause; the
-//     writer then sends the close frame that cause names (session.go,
+//     writer then sends the close frame that cause names (outbox.go,
 //     closeReason), or drops a broken connection at once.
 //   - A ping every cfg.PingEvery, from a timer (ping); no pong within
 //     cfg.PongWait and the connection is dropped.

@@ -1,0 +1,206 @@
+// The outbox: how events reach a session's client, and what happens when
+// the client does not keep up (PROTOCOL.md section 5).
+//
+// Everything a session is told goes through push: the event gets the
+// session's next seq and joins the outbox, and the session's transport, if
+// one is attached, is woken (websocket.go, poll.go). Pushing never waits:
+// the chat's lock is held, and a room's fan-out must not be held up by its
+// slowest member. The transport sends what is waiting at its own pace and
+// records how far it got (markDelivered).
+//
+// The outbox keeps the last cfg.Outbox events, sent or not, so that a
+// client that lost its connection gets them again when it resumes. A
+// client that falls further behind than that is a slow reader: its
+// transport is closed (1008, "too slow") and its session ends, instead of
+// the server holding its events for ever. A client's own flood of events
+// slows it instead (catchUp), like TCP's flow control, so that only a
+// client that does not read is dropped.
+package main
+
+import (
+	"fmt"
+	"time"
+)
+
+// transport carries a session's outbox to its client: a WebSocket
+// connection, or the long-poll GET waiting right now.
+type transport interface {
+	// wake says that events are waiting. It never blocks.
+	wake()
+	// stop ends the transport, telling the client why. It never blocks.
+	stop(why closeReason)
+}
+
+// closeReason is why a transport is stopped: a WebSocket close code and a
+// reason the client reads (PROTOCOL.md section 5). A long-poll client
+// learns the same from its next GET.
+type closeReason struct {
+	code   int
+	reason string
+}
+
+func (c closeReason) Error() string { return fmt.Sprintf("close %d: %s", c.code, c.reason) }
+
+// The reasons a server stops a transport.
+var (
+	closeEnded     = closeReason{1000, "session ended"}
+	closeGoingAway = closeReason{1001, "server shutting down"}
+	closeTooSlow   = closeReason{1008, "too slow"}
+	// closeInvalidUTF8: the client sent a message that is not UTF-8. The
+	// session stays, for the client to resume.
+	closeInvalidUTF8 = closeReason{1007, "invalid UTF-8"}
+	closeBusy        = closeReason{1013, "server busy"}
+	// closeReplaced: another transport (a new connection with the same
+	// sid) took the session over. A client must not resume that sid again.
+	closeReplaced = closeReason{4000, "replaced"}
+)
+
+// bell is a wake-up call: one slot, so ringing never blocks, and many
+// rings while the receiver is busy wake it once.
+type bell chan struct{}
+
+func newBell() bell { return make(bell, 1) }
+
+func (c bell) ring() {
+	select {
+	case c <- struct{}{}:
+	default: // already rung: the receiver will see everything anyway
+	}
+}
+
+// maxOutboxBytes bounds the bytes an outbox keeps, whatever the number of
+// events: a room_joined carries a room's history, and a client joining a
+// full room again and again would otherwise pin 256 of them. It holds a
+// few full histories (100 messages of 2,000 characters are 200-800 KiB).
+const maxOutboxBytes = 4 << 20
+
+// push appends one event to the outbox and wakes the transport. It never
+// waits. srv.mu is held.
+//
+// A session that falls more than cfg.Outbox events behind its client is a
+// slow reader: its transport is closed at once (1008, "too slow") so that it
+// never holds back anyone else, and the session is ended by dropSlow.
+func (s *session) push(body []byte) {
+	s.pushEvent(outEvent{body: body})
+}
+
+// pushEvent is push for an event in parts (wire.go, outEvent); its seq is
+// given here.
+func (s *session) pushEvent(e outEvent) {
+	s.outboxMu.Lock()
+	defer s.outboxMu.Unlock()
+	if s.slow || s.ended {
+		return
+	}
+	s.lastSeq++
+	e.seq = s.lastSeq
+	s.outbox = append(s.outbox, e)
+	s.outboxBytes += e.size()
+	// Keep the last cfg.Outbox events, and of those no more than
+	// maxOutboxBytes: past that, the oldest sent ones go even if there are
+	// fewer (a resume from before them then starts a new session).
+	for len(s.outbox) > s.srv.cfg.Outbox || s.outboxBytes > maxOutboxBytes && s.outbox[0].seq <= s.delivered {
+		s.outboxBytes -= s.outbox[0].size()
+		s.outbox = s.outbox[1:]
+	}
+	if s.lastSeq-s.delivered > int64(s.srv.cfg.Outbox) || s.outboxBytes > maxOutboxBytes {
+		s.slow = true
+		if s.transport != nil {
+			s.transport.stop(closeTooSlow)
+		}
+		go s.srv.dropSlow(s)
+		return
+	}
+	if s.transport != nil {
+		s.transport.wake()
+	}
+}
+
+// dropSlow ends a session that fell behind. It runs on a goroutine of its
+// own, once per session, as soon as srv.mu is free: push cannot end the
+// session itself, because its caller may be halfway through a room's
+// members, and they must all see the same events in the same order.
+func (srv *server) dropSlow(s *session) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	srv.endSession(s, endTooSlow)
+}
+
+// appendEvents appends to buf the events after seq `after`, as one JSON
+// value: the envelope alone when there is one and array is false, else a
+// JSON array. It returns the new buffer and the seq of the last event.
+// Once the session has ended there is nothing to send: its transport has
+// been stopped. (One that fell behind keeps its events, for a resume that
+// is refused.)
+func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int64) {
+	s.outboxMu.Lock()
+	defer s.outboxMu.Unlock()
+	n := int(s.lastSeq - after)
+	if n > len(s.outbox) {
+		n = 0
+	}
+	array = array || n > 1
+	if array {
+		buf = append(buf, '[')
+	}
+	for i, e := range s.outbox[len(s.outbox)-n:] {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = e.append(buf)
+	}
+	if array {
+		buf = append(buf, ']')
+	}
+	return buf, after + int64(n)
+}
+
+// catchUp holds the client's next event back while its transport is far
+// behind: a client that sends a long batch of events (each answered, or
+// each refused by the rate limit and answered; a join_room answered with a
+// room's whole history, twice) must not fall behind on its own answers and
+// be dropped as too slow. Like TCP's flow control, the client is slowed to
+// the pace at which it reads. It waits at most writeWait, or until done: a
+// client that does not read at all is the slow-reader rule's business.
+func (s *session) catchUp(done <-chan struct{}) {
+	deadline := time.NewTimer(writeWait)
+	defer deadline.Stop()
+	for s.farBehind() {
+		select {
+		case <-s.progress:
+		case <-done:
+			return
+		case <-deadline.C:
+			return
+		}
+	}
+}
+
+// farBehind reports whether the transport is more than half way to the
+// slow-reader rule: more than half of cfg.Outbox events, or more than a
+// quarter of maxOutboxBytes, wait for it. (A quarter: one join_room alone
+// may add two copies of a full room's history, its room_joined and its ack.)
+func (s *session) farBehind() bool {
+	s.outboxMu.Lock()
+	defer s.outboxMu.Unlock()
+	n := s.lastSeq - s.delivered
+	if n > int64(s.srv.cfg.Outbox/2) {
+		return true
+	}
+	bytes := 0
+	for _, e := range s.outbox[max(0, len(s.outbox)-int(n)):] {
+		bytes += e.size()
+	}
+	return bytes > maxOutboxBytes/4
+}
+
+// markDelivered records that transport t has sent every event up to seq,
+// unless t has been replaced meanwhile.
+func (s *session) markDelivered(t transport, seq int64) {
+	s.outboxMu.Lock()
+	if s.transport == t {
+		s.delivered = max(s.delivered, seq)
+		s.progress.ring()
+	}
+	s.outboxMu.Unlock()
+}
