@@ -724,6 +724,58 @@ func TestResumeRefused(t *testing.T) {
 	}
 }
 
+// TestResumeAtOutboxEdge: a session keeps its last cfg.Outbox events. A
+// client exactly Outbox events behind resumes and gets every one of them;
+// one event further behind gets a new session.
+//
+// Neither may be a slow reader (more than Outbox events past what its
+// transport delivered), or it would end for that reason instead. So each
+// parks at its cursor p: a resume with after=p, dropped at once, sets what
+// was delivered to exactly p. Then exactly Outbox events come, and alice
+// resumes from p, carol from p-1 (she says she never processed event p).
+func TestResumeAtOutboxEdge(t *testing.T) {
+	t.Parallel()
+	const outbox = 8
+	_, ts := startServer(t, func(c *config) { c.Outbox = outbox; c.Grace = time.Minute })
+	bob := joined(t, ts, "bob")
+	alice := joined(t, ts, "alice")
+	carol := joined(t, ts, "carol")
+	park := func(c *client) int64 {
+		t.Helper()
+		c.call("echo_message", nil) // every event up to its ack is read
+		c.drop()
+		p := c.seq()
+		parked := dialQuery(t, ts, url.Values{"sid": {c.sid}, "after": {fmt.Sprint(p)}}, p)
+		if !strings.Contains(string(parked.welcome.Data), `"resumed":true`) {
+			t.Fatalf("%s: got %s, want resumed", c.username, parked.welcome)
+		}
+		parked.drop()
+		return p
+	}
+	pa, pc := park(alice), park(carol)
+	for i := range outbox {
+		bob.call("send_message", map[string]any{"text": fmt.Sprint(i)})
+	}
+
+	back := dialQuery(t, ts, url.Values{"sid": {alice.sid}, "after": {fmt.Sprint(pa)}}, pa)
+	if !strings.Contains(string(back.welcome.Data), `"resumed":true`) {
+		t.Fatalf("exactly %d events behind: got %s, want resumed", outbox, back.welcome)
+	}
+	for i := range outbox { // the reader checks seq: pa+1, pa+2, …
+		var m message
+		back.expect("new_message").decode(t, &m)
+		if m.Text != fmt.Sprint(i) {
+			t.Errorf("message %d: got %q", i, m.Text)
+		}
+	}
+	back.call("echo_message", "live")
+
+	again := dialQuery(t, ts, url.Values{"sid": {carol.sid}, "after": {fmt.Sprint(pc - 1)}}, 0)
+	if !strings.Contains(string(again.welcome.Data), `"resumed":false`) || again.sid == carol.sid {
+		t.Errorf("%d events behind: got %s, want a new session", outbox+1, again.welcome)
+	}
+}
+
 func TestReplaced(t *testing.T) {
 	t.Parallel()
 	_, ts := startServer(t, nil)
