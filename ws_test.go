@@ -1148,6 +1148,46 @@ func TestMessagesEndpoint(t *testing.T) {
 	}
 }
 
+// TestHistoryCap: a room keeps its last cfg.History messages. At exactly
+// History all are kept; one more drops the oldest, in room_joined's history
+// and in /messages alike.
+func TestHistoryCap(t *testing.T) {
+	t.Parallel()
+	const history = 3
+	_, ts := startServer(t, func(c *config) { c.History = history })
+	alice := joined(t, ts, "alice")
+	texts := func(list []message) []string {
+		var out []string
+		for _, m := range list {
+			out = append(out, m.Text)
+		}
+		return out
+	}
+	check := func(want []string) {
+		t.Helper()
+		var rj roomJoined
+		dial(t, ts, "").expect("room_joined").decode(t, &rj) // a newcomer's
+		if got := texts(rj.History); !slices.Equal(got, want) {
+			t.Errorf("room_joined history: got %q, want %q", got, want)
+		}
+		var stored []message
+		_, body := httpGet(t, ts.URL+"/messages?room=general")
+		if err := json.Unmarshal([]byte(body), &stored); err != nil {
+			t.Fatalf("/messages: got %s: %v", body, err)
+		}
+		if got := texts(stored); !slices.Equal(got, want) {
+			t.Errorf("/messages: got %q, want %q", got, want)
+		}
+	}
+
+	for i := range history {
+		alice.call("send_message", map[string]any{"text": fmt.Sprint("m", i)})
+	}
+	check([]string{"m0", "m1", "m2"}) // exactly History: all kept
+	alice.call("send_message", map[string]any{"text": "m3"})
+	check([]string{"m1", "m2", "m3"}) // one more: the oldest goes
+}
+
 // TestIdleRoomsCapped: rooms nobody is in are kept for their history, but
 // only cfg.MaxIdleRooms of them; the one with the oldest message goes first.
 func TestIdleRoomsCapped(t *testing.T) {
