@@ -371,18 +371,35 @@ func TestFirstFrameWithHandshake(t *testing.T) {
 // TestClientCloseWhileStreaming: a client that closes while events stream
 // to it gets the server's answer to its close frame, even when that answer
 // joins a message the writer is gathering (wsNetConn.Close sends it).
+//
+// Each round ends when bob has his own 200 messages back, so the server has
+// handled them all: alice, who joins the next round, gets that round's 200
+// and a user_left or so, fewer than cfg.Outbox, and is never too slow.
+// (Without that wait the server fell rounds behind bob's sends; a new alice
+// got the backlog too, over 256 events, and was dropped as too slow.)
 func TestClientCloseWhileStreaming(t *testing.T) {
 	t.Parallel()
 	_, ts := startServer(t, func(c *config) { c.Rate, c.Burst = 1e6, 1e6 })
 	bob := joined(t, ts, "bob")
+	const perRound = 200 // < cfg.Outbox
 	for i := range 20 {
 		alice := joined(t, ts, fmt.Sprintf("alice%d", i))
-		for range 200 { // fewer than cfg.Outbox: alice is never too slow
-			bob.emit("send_message", map[string]any{"text": "stream"}, 0)
+		for j := range perRound {
+			bob.emit("send_message", map[string]any{"text": fmt.Sprintf("%d-%d", i, j)}, 0)
 		}
-		alice.waitFor("new_message")
+		var m message
+		alice.waitFor("new_message").decode(t, &m)
+		if want := fmt.Sprintf("%d-0", i); m.Text != want {
+			t.Fatalf("alice%d's first message: got %q, want %q", i, m.Text, want)
+		}
 		if err := alice.conn.Close(websocket.StatusNormalClosure, ""); err != nil {
 			t.Fatalf("close %d: no answer from the server: %v", i, err)
+		}
+		for j := range perRound {
+			bob.waitFor("new_message").decode(t, &m)
+			if want := fmt.Sprintf("%d-%d", i, j); m.Text != want {
+				t.Fatalf("bob: got %q, want %q", m.Text, want)
+			}
 		}
 	}
 }
