@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -121,6 +124,47 @@ func TestShutdown(t *testing.T) {
 		}
 		if d := time.Since(start); d > 5*time.Second {
 			t.Errorf("shutdown took %v, want under 5 s", d)
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatal("run did not return within 5 s of the cancel")
+	}
+}
+
+// TestPortEnvironment: PORT, where set, makes the default address :$PORT
+// (PROTOCOL.md section 8), and the server answers there. (t.Setenv: not
+// parallel.)
+func TestPortEnvironment(t *testing.T) {
+	// A free port: listen on any, and let go of it for run to take.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	t.Setenv("PORT", port)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	base, result, _ := startRun(t, ctx) // no -addr
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, got, _ := net.SplitHostPort(u.Host)
+	if ip := net.ParseIP(host); got != port || ip == nil || !ip.IsUnspecified() {
+		t.Errorf("listening on %s, want :%s (every interface, port %s)", u.Host, port, port)
+	}
+	hc := &http.Client{Transport: &http.Transport{}}
+	if a := mustRequest(t, hc, "GET", "http://127.0.0.1:"+port+"/healthz", nil, nil); a.status != http.StatusOK {
+		t.Errorf("GET /healthz on port %s: got %s, want 200", port, a)
+	}
+	hc.CloseIdleConnections()
+
+	cancel()
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Errorf("run: %v", err)
 		}
 	case <-time.After(6 * time.Second):
 		t.Fatal("run did not return within 5 s of the cancel")

@@ -535,6 +535,59 @@ func TestPollAcknowledge(t *testing.T) {
 	wantJSONError(t, a, http.StatusNotFound, "unknown_session")
 }
 
+// TestPollResumeAtOutboxEdge: TestResumeAtOutboxEdge over long-polling. A
+// GET exactly cfg.Outbox events behind gets every one of them; one event
+// further behind is 404.
+//
+// A GET acknowledges what comes before its cursor, and nothing else does:
+// so each client parks at its cursor p with a GET after=p that waits (then
+// what was delivered is exactly p, and exactly Outbox events later it is
+// not a slow reader). dave then asks after=p, erin after=p-1.
+func TestPollResumeAtOutboxEdge(t *testing.T) {
+	t.Parallel()
+	const outbox = 8
+	srv, ts := startServer(t, func(c *config) { c.Outbox = outbox; c.Grace = time.Minute })
+	bob := joined(t, ts, "bob")
+	dave := pollJoined(t, ts, "dave")
+	erin := pollJoined(t, ts, "erin")
+	park := func(c *pollClient) (int64, <-chan pollResult) {
+		t.Helper()
+		c.call("echo_message", nil)
+		waiting := c.getAsync(c.after)
+		waitPolling(t, srv, c.sid, c.after)
+		return c.after, waiting
+	}
+	pd, dWaiting := park(dave)
+	pe, eWaiting := park(erin)
+	for i := range outbox {
+		bob.call("send_message", map[string]any{"text": fmt.Sprint(i)})
+	}
+	for _, waiting := range []<-chan pollResult{dWaiting, eWaiting} { // answered by the first message
+		if r := <-waiting; r.err != nil || r.a.status != http.StatusOK {
+			t.Fatalf("the parked GET: got %v %v, want 200", r.a, r.err)
+		}
+	}
+
+	a := mustRequest(t, dave.hc, "GET", dave.receiveURL(pd), nil, nil)
+	if a.status != http.StatusOK {
+		t.Fatalf("GET exactly %d events behind: got %s, want them all", outbox, a)
+	}
+	list := dave.checkEvents(a, pd) // checks seq: pd+1, pd+2, …
+	if len(list) != outbox {
+		t.Fatalf("exactly %d events behind: got %v, want all %d", outbox, list, outbox)
+	}
+	for i, e := range list {
+		var m message
+		e.decode(t, &m)
+		if e.Event != "new_message" || m.Text != fmt.Sprint(i) {
+			t.Errorf("event %d: got %s, want message %d", i, e, i)
+		}
+	}
+
+	a = mustRequest(t, erin.hc, "GET", erin.receiveURL(pe-1), nil, nil)
+	wantJSONError(t, a, http.StatusNotFound, "unknown_session")
+}
+
 // TestPollSecondGet: a second GET for the same session answers the first
 // with [] at once, and is the one that waits for events from then on.
 func TestPollSecondGet(t *testing.T) {

@@ -371,18 +371,35 @@ func TestFirstFrameWithHandshake(t *testing.T) {
 // TestClientCloseWhileStreaming: a client that closes while events stream
 // to it gets the server's answer to its close frame, even when that answer
 // joins a message the writer is gathering (gatheredConn.Close sends it).
+//
+// Each round ends when bob has his own 200 messages back, so the server has
+// handled them all: alice, who joins the next round, gets that round's 200
+// and a user_left or so, fewer than cfg.Outbox, and is never too slow.
+// (Without that wait the server fell rounds behind bob's sends; a new alice
+// got the backlog too, over 256 events, and was dropped as too slow.)
 func TestClientCloseWhileStreaming(t *testing.T) {
 	t.Parallel()
 	_, ts := startServer(t, func(c *config) { c.Rate, c.Burst = 1e6, 1e6 })
 	bob := joined(t, ts, "bob")
+	const perRound = 200 // < cfg.Outbox
 	for i := range 20 {
 		alice := joined(t, ts, fmt.Sprintf("alice%d", i))
-		for range 200 { // fewer than cfg.Outbox: alice is never too slow
-			bob.emit("send_message", map[string]any{"text": "stream"}, 0)
+		for j := range perRound {
+			bob.emit("send_message", map[string]any{"text": fmt.Sprintf("%d-%d", i, j)}, 0)
 		}
-		alice.waitFor("new_message")
+		var m message
+		alice.waitFor("new_message").decode(t, &m)
+		if want := fmt.Sprintf("%d-0", i); m.Text != want {
+			t.Fatalf("alice%d's first message: got %q, want %q", i, m.Text, want)
+		}
 		if err := alice.conn.Close(websocket.StatusNormalClosure, ""); err != nil {
 			t.Fatalf("close %d: no answer from the server: %v", i, err)
+		}
+		for j := range perRound {
+			bob.waitFor("new_message").decode(t, &m)
+			if want := fmt.Sprintf("%d-%d", i, j); m.Text != want {
+				t.Fatalf("bob: got %q, want %q", m.Text, want)
+			}
 		}
 	}
 }
@@ -721,6 +738,58 @@ func TestResumeRefused(t *testing.T) {
 	back := dialQuery(t, ts, url.Values{"sid": {alice.sid}, "after": {"0"}, "username": {"alice"}}, 0)
 	if !strings.Contains(string(back.welcome.Data), `"resumed":false`) || back.username != "alice" {
 		t.Errorf("welcome: got %s, want resumed false and the name alice free again", back.welcome)
+	}
+}
+
+// TestResumeAtOutboxEdge: a session keeps its last cfg.Outbox events. A
+// client exactly Outbox events behind resumes and gets every one of them;
+// one event further behind gets a new session.
+//
+// Neither may be a slow reader (more than Outbox events past what its
+// transport delivered), or it would end for that reason instead. So each
+// parks at its cursor p: a resume with after=p, dropped at once, sets what
+// was delivered to exactly p. Then exactly Outbox events come, and alice
+// resumes from p, carol from p-1 (she says she never processed event p).
+func TestResumeAtOutboxEdge(t *testing.T) {
+	t.Parallel()
+	const outbox = 8
+	_, ts := startServer(t, func(c *config) { c.Outbox = outbox; c.Grace = time.Minute })
+	bob := joined(t, ts, "bob")
+	alice := joined(t, ts, "alice")
+	carol := joined(t, ts, "carol")
+	park := func(c *client) int64 {
+		t.Helper()
+		c.call("echo_message", nil) // every event up to its ack is read
+		c.drop()
+		p := c.seq()
+		parked := dialQuery(t, ts, url.Values{"sid": {c.sid}, "after": {fmt.Sprint(p)}}, p)
+		if !strings.Contains(string(parked.welcome.Data), `"resumed":true`) {
+			t.Fatalf("%s: got %s, want resumed", c.username, parked.welcome)
+		}
+		parked.drop()
+		return p
+	}
+	pa, pc := park(alice), park(carol)
+	for i := range outbox {
+		bob.call("send_message", map[string]any{"text": fmt.Sprint(i)})
+	}
+
+	back := dialQuery(t, ts, url.Values{"sid": {alice.sid}, "after": {fmt.Sprint(pa)}}, pa)
+	if !strings.Contains(string(back.welcome.Data), `"resumed":true`) {
+		t.Fatalf("exactly %d events behind: got %s, want resumed", outbox, back.welcome)
+	}
+	for i := range outbox { // the reader checks seq: pa+1, pa+2, …
+		var m message
+		back.expect("new_message").decode(t, &m)
+		if m.Text != fmt.Sprint(i) {
+			t.Errorf("message %d: got %q", i, m.Text)
+		}
+	}
+	back.call("echo_message", "live")
+
+	again := dialQuery(t, ts, url.Values{"sid": {carol.sid}, "after": {fmt.Sprint(pc - 1)}}, 0)
+	if !strings.Contains(string(again.welcome.Data), `"resumed":false`) || again.sid == carol.sid {
+		t.Errorf("%d events behind: got %s, want a new session", outbox+1, again.welcome)
 	}
 }
 
@@ -1094,6 +1163,46 @@ func TestMessagesEndpoint(t *testing.T) {
 	if code, _ := httpGet(t, ts.URL+"/messages?since=x"); code != 400 {
 		t.Errorf("bad since: got %d", code)
 	}
+}
+
+// TestHistoryCap: a room keeps its last cfg.History messages. At exactly
+// History all are kept; one more drops the oldest, in room_joined's history
+// and in /messages alike.
+func TestHistoryCap(t *testing.T) {
+	t.Parallel()
+	const history = 3
+	_, ts := startServer(t, func(c *config) { c.History = history })
+	alice := joined(t, ts, "alice")
+	texts := func(list []message) []string {
+		var out []string
+		for _, m := range list {
+			out = append(out, m.Text)
+		}
+		return out
+	}
+	check := func(want []string) {
+		t.Helper()
+		var rj joinedData
+		dial(t, ts, "").expect("room_joined").decode(t, &rj) // a newcomer's
+		if got := texts(rj.History); !slices.Equal(got, want) {
+			t.Errorf("room_joined history: got %q, want %q", got, want)
+		}
+		var stored []message
+		_, body := httpGet(t, ts.URL+"/messages?room=general")
+		if err := json.Unmarshal([]byte(body), &stored); err != nil {
+			t.Fatalf("/messages: got %s: %v", body, err)
+		}
+		if got := texts(stored); !slices.Equal(got, want) {
+			t.Errorf("/messages: got %q, want %q", got, want)
+		}
+	}
+
+	for i := range history {
+		alice.call("send_message", map[string]any{"text": fmt.Sprint("m", i)})
+	}
+	check([]string{"m0", "m1", "m2"}) // exactly History: all kept
+	alice.call("send_message", map[string]any{"text": "m3"})
+	check([]string{"m1", "m2", "m3"}) // one more: the oldest goes
 }
 
 // TestIdleRoomsCapped: rooms nobody is in are kept for their history, but
