@@ -1,6 +1,8 @@
 package main
 
 import (
+	"net/http"
+	"strings"
 	"testing"
 	"unicode"
 )
@@ -116,6 +118,43 @@ func TestFoldNameIsAKey(t *testing.T) {
 		}
 		if other := foldName(string(unicode.SimpleFold(r))); other != key {
 			t.Errorf("foldName(%q) = %q, want %q like foldName(%q)", unicode.SimpleFold(r), other, key, r)
+		}
+	}
+}
+
+// TestNameLookAlikes: while alice is online, nobody else can take a name
+// that passes for hers, over a WebSocket, over the form or as a new
+// session; names in one script are still fine (PROTOCOL.md section 7).
+func TestNameLookAlikes(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	joined(t, ts, "alice")
+	bob := joined(t, ts, "bob")
+	lookAlikes := []struct{ name, code string }{
+		{"аlice", "invalid_username"},       // Cyrillic а
+		{"alice\u3164", "invalid_username"}, // HANGUL FILLER, drawn as nothing
+		{"ＡＬＩＣＥ", "username_taken"},         // full width: alice
+		{"ａｌｉｃｅ", "username_taken"},
+	}
+	for _, c := range lookAlikes {
+		if a := postMessage(t, ts, c.name, "hi", nil); a.status != http.StatusBadRequest {
+			t.Errorf("POST /send_message as %q: got %d, want 400", c.name, a.status)
+		}
+	}
+	if guest := dial(t, ts, "ＡＬＩＣＥ"); !strings.HasPrefix(guest.username, "guest-") {
+		t.Errorf("a new session asking for ＡＬＩＣＥ: got %q, want a guest name", guest.username)
+	}
+	for _, c := range lookAlikes {
+		if r := bob.call("set_username", map[string]any{"username": c.name}); r.Error.Code != c.code {
+			t.Errorf("set_username %q: got %s, want %s", c.name, r.raw, c.code)
+		}
+	}
+	if got := storedTexts(t, ts); len(got) != 0 {
+		t.Errorf("GET /messages: got %q, want nothing stored", got)
+	}
+	for _, name := range []string{"Иван", "山田たろう", "Li 李"} {
+		if r := bob.call("set_username", map[string]any{"username": name}); !r.OK {
+			t.Errorf("set_username %q: got %s, want ok", name, r.raw)
 		}
 	}
 }
