@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"runtime"
 	"strings"
@@ -379,7 +380,8 @@ func TestSessionsPerIP(t *testing.T) {
 // TestClientAddress: sessions count by client address, IPv6 by its /64.
 func TestClientAddress(t *testing.T) {
 	t.Parallel()
-	key := func(remote string) string { return clientAddress(&http.Request{RemoteAddr: remote}) }
+	srv := newServer(defaultConfig())
+	key := func(remote string) string { return srv.clientAddress(&http.Request{RemoteAddr: remote}) }
 	for _, same := range [][2]string{
 		{"[2001:db8::1]:5", "[2001:db8::2]:6"},
 		{"[2001:db8::1]:5", "[2001:db8:0:0:ffff::1]:5"},
@@ -490,5 +492,34 @@ func TestBoundSendBuffer(t *testing.T) {
 	})
 	if err != nil || size < 64<<10 || size > 2*64<<10 {
 		t.Errorf("SO_SNDBUF: got %d (%v), want 64 KiB (128 KiB as Linux reports it)", size, err)
+	}
+}
+
+// TestClientAddressBehindProxy: -trust-proxy. Behind a trusted proxy the
+// client is the rightmost X-Forwarded-For entry that is not a trusted proxy
+// itself; from anyone else the header is ignored (PROTOCOL.md section 8).
+func TestClientAddressBehindProxy(t *testing.T) {
+	t.Parallel()
+	cfg := defaultConfig()
+	cfg.TrustProxy = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8")}
+	srv := newServer(cfg)
+	for _, c := range []struct{ remote, xff, want string }{
+		{"127.0.0.1:5", "203.0.113.7", "203.0.113.7"},               // one trusted proxy
+		{"127.0.0.1:5", "198.51.100.1, 203.0.113.7", "203.0.113.7"}, // the client's own entry is not believed
+		{"127.0.0.1:5", "203.0.113.7, 10.1.2.3", "203.0.113.7"},     // two trusted proxies
+		{"127.0.0.1:5", "203.0.113.7:4711", "203.0.113.7"},          // with a port
+		{"127.0.0.1:5", "", "127.0.0.1"},                            // no header: the proxy itself
+		{"127.0.0.1:5", "unknown", "127.0.0.1"},                     // not an address: believe nothing
+		{"192.0.2.9:5", "203.0.113.7", "192.0.2.9"},                 // not a trusted proxy: ignored
+		{"127.0.0.1:5", "2001:db8::1", "2001:db8::/64"},             // IPv6 by its /64
+		{"127.0.0.1:5", "10.9.9.9, 10.8.8.8", "10.9.9.9"},           // all trusted: the leftmost
+	} {
+		r := &http.Request{RemoteAddr: c.remote, Header: http.Header{}}
+		if c.xff != "" {
+			r.Header.Set("X-Forwarded-For", c.xff)
+		}
+		if got := srv.clientAddress(r); got != c.want {
+			t.Errorf("from %s with X-Forwarded-For %q: got %q, want %q", c.remote, c.xff, got, c.want)
+		}
 	}
 }

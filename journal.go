@@ -64,6 +64,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // The files of a -data directory.
@@ -72,6 +73,10 @@ const (
 	journalNew  = "journal.new" // a compaction being written (truncated first)
 	journalLock = "lock"        // flocked while a server owns the directory
 )
+
+// lockWait is how long a server waits for another to let go of the
+// directory before it gives up.
+const lockWait = time.Second
 
 // compactFloor is the default minGrowth, in bytes: how far beyond twice its
 // size after the last compaction the file may grow before it is compacted.
@@ -167,11 +172,21 @@ func lockDir(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("journal: %s is held by another server? (flock %s: %w)", dir, name, err)
+	// A server that is being stopped (a restart) may hold the lock a
+	// moment longer, and so may a child process being started, which holds
+	// a copy of every file until it execs: wait up to lockWait for it.
+	deadline := time.Now().Add(lockWait)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("journal: %s is held by another server? (flock %s: %w)", dir, name, err)
+		}
+		time.Sleep(lockWait / 20)
 	}
-	return f, nil
 }
 
 // load opens and reads the journal file, cuts off a torn tail and syncs the

@@ -71,8 +71,21 @@ func (c bell) ring() {
 // maxOutboxBytes bounds the bytes an outbox keeps, whatever the number of
 // events: a room_joined carries a room's history, and a client joining a
 // full room again and again would otherwise pin 256 of them. It holds a
-// few full histories (100 messages of 2,000 characters are 200-800 KiB).
+// few full histories (100 messages of 2,000 characters are 200 KiB-1.2 MB
+// once encoded); with a longer -history, outboxLimit holds three.
 const maxOutboxBytes = 4 << 20
+
+// maxMessageBytes is the most one stored message takes once encoded: 2,000
+// characters that JSON writes as \u0001 each, and the other fields.
+const maxMessageBytes = 6*maxText + 256
+
+// outboxLimit is the bytes an outbox of this server keeps: maxOutboxBytes,
+// or three full histories if that is more, so that a client joining a full
+// room (its room_joined and its ack each carry the history) is never too
+// slow for that alone.
+func outboxLimit(cfg config) int {
+	return max(maxOutboxBytes, 3*cfg.History*maxMessageBytes)
+}
 
 // push appends one event to the outbox and wakes the transport. It never
 // waits. srv.mu is held.
@@ -97,13 +110,13 @@ func (s *session) pushEvent(e outEvent) {
 	s.outbox = append(s.outbox, e)
 	s.outboxBytes += e.size()
 	// Keep the last cfg.Outbox events, and of those no more than
-	// maxOutboxBytes: past that, the oldest sent ones go even if there are
+	// outboxLimit: past that, the oldest sent ones go even if there are
 	// fewer (a resume from before them then starts a new session).
-	for len(s.outbox) > s.srv.cfg.Outbox || s.outboxBytes > maxOutboxBytes && s.outbox[0].seq <= s.delivered {
+	for len(s.outbox) > s.srv.cfg.Outbox || s.outboxBytes > s.srv.outboxLimit && s.outbox[0].seq <= s.delivered {
 		s.outboxBytes -= s.outbox[0].size()
 		s.outbox = s.outbox[1:]
 	}
-	if s.lastSeq-s.delivered > int64(s.srv.cfg.Outbox) || s.outboxBytes > maxOutboxBytes {
+	if s.lastSeq-s.delivered > int64(s.srv.cfg.Outbox) || s.outboxBytes > s.srv.outboxLimit {
 		s.slow = true
 		if s.transport != nil {
 			s.transport.stop(closeTooSlow)
@@ -178,7 +191,7 @@ func (s *session) catchUp(done <-chan struct{}) {
 
 // farBehind reports whether the transport is more than half way to the
 // slow-reader rule: more than half of cfg.Outbox events, or more than a
-// quarter of maxOutboxBytes, wait for it. (A quarter: one join_room alone
+// quarter of outboxLimit, wait for it. (A quarter: one join_room alone
 // may add two copies of a full room's history, its room_joined and its ack.)
 func (s *session) farBehind() bool {
 	s.outboxMu.Lock()
@@ -191,7 +204,7 @@ func (s *session) farBehind() bool {
 	for _, e := range s.outbox[max(0, len(s.outbox)-int(n)):] {
 		bytes += e.size()
 	}
-	return bytes > maxOutboxBytes/4
+	return bytes > s.srv.outboxLimit/4
 }
 
 // markDelivered records that transport t has sent every event up to seq,

@@ -105,11 +105,13 @@ type server struct {
 	// ctx is the lifetime of every WebSocket connection (not r.Context(),
 	// which net/http cancels in ways that have nothing to do with us).
 	// close cancels it with the cause closeGoingAway.
-	ctx     context.Context
-	cancel  context.CancelCauseFunc
-	conns   sync.WaitGroup // WebSocket connections and waiting long-polls
-	budget  writeBudget    // how often WebSockets may write (speed.go)
-	journal *journal       // with -data, where room messages are kept (journal.go); else nil
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	conns  sync.WaitGroup // WebSocket connections and waiting long-polls
+	budget writeBudget    // how often WebSockets may write (speed.go)
+	// outboxLimit is the bytes one session's outbox may hold (outbox.go).
+	outboxLimit int
+	journal     *journal // with -data, where room messages are kept (journal.go); else nil
 	// metrics are counted whether or not GET /metrics serves them: an
 	// atomic add each (metrics.go).
 	metrics *metrics
@@ -137,16 +139,17 @@ func newServer(cfg config) *server {
 		cfg.Logger = slog.Default()
 	}
 	srv := &server{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		mux:      http.NewServeMux(),
-		sessions: make(map[string]*session),
-		perAddr:  make(map[string]int),
-		names:    make(map[string]*session),
-		rooms:    make(map[string]*room),
-		idle:     make(map[*room]struct{}),
-		formRate: make(map[string]*bucket),
-		metrics:  newMetrics(),
+		cfg:         cfg,
+		log:         cfg.Logger,
+		mux:         http.NewServeMux(),
+		sessions:    make(map[string]*session),
+		perAddr:     make(map[string]int),
+		names:       make(map[string]*session),
+		rooms:       make(map[string]*room),
+		idle:        make(map[*room]struct{}),
+		formRate:    make(map[string]*bucket),
+		metrics:     newMetrics(),
+		outboxLimit: outboxLimit(cfg),
 	}
 	// Message ids start from the clock (microseconds, well within what a
 	// JavaScript number holds exactly), so that they keep growing across a

@@ -53,7 +53,7 @@ type session struct {
 	// of this file says why it is a lock of its own).
 	outboxMu    sync.Mutex
 	outbox      []outEvent // the last cfg.Outbox events, by seq
-	outboxBytes int        // the bytes they would take to send, at most maxOutboxBytes
+	outboxBytes int        // the bytes they would take to send, at most srv.outboxLimit
 	lastSeq     int64      // seq of the newest event; 0 before the first
 	// delivered: the client has every event up to this seq, or at least
 	// it is on its way. For a WebSocket, what the writer has written; for

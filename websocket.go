@@ -62,8 +62,9 @@ type wsConn struct {
 	after   int64  // the seq of the last event written
 	pace    pacer  // spaces the writes when many connections write (speed.go)
 
-	pinger *time.Timer // the next ping (guarded by mu)
-	busy   atomic.Bool // the reader is handling a message, so it reads no pongs
+	pinger *time.Timer  // the next ping (guarded by mu)
+	busy   atomic.Bool  // the reader is handling a message, so it reads no pongs
+	heard  atomic.Int64 // when the reader last read a message (Unix ns)
 }
 
 // writerState says whether a connection's writer runs.
@@ -152,6 +153,7 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 func (c *wsConn) read() {
 	srv := c.s.srv
 	_, msg, err := c.conn.Read(context.Background())
+	c.heard.Store(time.Now().UnixNano())
 	if err == nil && !utf8.Valid(msg) {
 		// A browser fails a connection that sends it invalid UTF-8 in a
 		// text message: none may come in, to be echoed to anyone.
@@ -321,14 +323,17 @@ func (c *wsConn) ping() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), c.s.srv.cfg.PongWait)
 	defer cancel()
+	sent := time.Now().UnixNano()
 	err := c.conn.Ping(ctx)
-	if err != nil && !(errors.Is(err, context.DeadlineExceeded) && c.busy.Load()) {
+	// A pong is read by the reader, which reads none while it handles a
+	// message (that may wait for the writer or the disk). A client whose
+	// message is being handled, or that has sent one since the ping, is
+	// alive all the same.
+	alive := errors.Is(err, context.DeadlineExceeded) && (c.busy.Load() || c.heard.Load() > sent)
+	if err != nil && !alive {
 		c.cancel(fmt.Errorf("no pong: %w", err)) // a writer drops the connection
 		return
 	}
-	// (A pong is read by the reader. While it handles a message, which may
-	// wait for the writer or the disk, none is: the client is alive, it
-	// has just sent something.)
 	c.mu.Lock()
 	if c.state != writerClosed {
 		c.pinger.Reset(c.s.srv.cfg.PingEvery)
