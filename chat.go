@@ -30,6 +30,7 @@ type room struct {
 	// then costs a binary search and a copy, not a sort of the whole room.
 	members []*session
 	history []entry
+	writing []*writing  // messages on their way to the journal (post), oldest first
 	users   usersList   // the names room_joined lists, kept encoded (speed.go)
 	shared  historyList // the history as room_joined sends it (speed.go)
 }
@@ -67,6 +68,15 @@ type message struct {
 	Text      string `json:"text"`
 	Timestamp string `json:"timestamp"`
 	CID       string `json:"cid,omitempty"` // the sender's own id for it (PROTOCOL.md section 4)
+}
+
+// writing is a message of post's that the journal has not yet written:
+// not in its room's history yet, but a cid sent again meanwhile must find
+// it (sent). Guarded by srv.mu.
+type writing struct {
+	message
+	done chan struct{} // closed once the message is published, or failed
+	err  error         // why it failed; set before done is closed
 }
 
 // entry is a message in a room's history, with its JSON, encoded once when
@@ -124,15 +134,20 @@ func (srv *server) post(r *room, username, text, cid string) (message, error) {
 		return m, nil
 	}
 	written := make(chan error, 1)
+	w := &writing{message: m, done: make(chan struct{})}
 	err := srv.journal.append(m, func(err error) { // on the journal's goroutine, in order
+		srv.mu.Lock()
+		r.writing = slices.DeleteFunc(r.writing, func(o *writing) bool { return o == w })
 		if err == nil {
-			srv.mu.Lock()
 			srv.publish(m)
-			srv.mu.Unlock()
 		}
+		w.err = err
+		close(w.done)
+		srv.mu.Unlock()
 		written <- err
 	})
 	if err == nil {
+		r.writing = append(r.writing, w) // before the callback can run: it needs srv.mu
 		srv.mu.Unlock()
 		err = <-written
 		srv.mu.Lock()
@@ -202,17 +217,32 @@ func (srv *server) snapshot() []message {
 
 // sent returns the message in r's history that username sent with cid,
 // if there is one: a message sent again, after a reconnect or a restart
-// (PROTOCOL.md section 4, "Sending exactly once").
-func (r *room) sent(username, cid string) (message, bool) {
+// (PROTOCOL.md section 4, "Sending exactly once"). A message with that cid
+// still being written (post) is waited for, letting go of srv.mu as post
+// does: it is the same message, sent again before its ack came back (a
+// form sent twice, a long-poll POST retried), and storing it again would
+// store it twice. If its write fails, so does this. srv.mu is held.
+func (srv *server) sent(r *room, username, cid string) (message, bool, error) {
 	if cid == "" {
-		return message{}, false
+		return message{}, false, nil
 	}
 	for _, e := range r.history {
 		if e.CID == cid && e.Username == username {
-			return e.message, true
+			return e.message, true, nil
 		}
 	}
-	return message{}, false
+	for _, w := range r.writing {
+		if w.CID == cid && w.Username == username {
+			srv.mu.Unlock()
+			<-w.done
+			srv.mu.Lock()
+			if w.err != nil {
+				return message{}, false, errNotStored
+			}
+			return w.message, true, nil
+		}
+	}
+	return message{}, false, nil
 }
 
 // roomJoined is the data of room_joined (and of join_room's ack):
@@ -280,7 +310,9 @@ func (srv *server) forgetIdle(r *room) {
 		return
 	}
 	if len(r.history) == 0 {
-		delete(srv.rooms, r.name)
+		if len(r.writing) == 0 { // else publish comes back to it
+			delete(srv.rooms, r.name)
+		}
 		return
 	}
 	srv.idle[r] = struct{}{}

@@ -249,7 +249,9 @@ func (srv *server) sendMessage(s *session, data json.RawMessage) (ackData, error
 	if err := validCID(req.CID); err != nil {
 		return ackData{}, err
 	}
-	if m, ok := r.sent(s.name, req.CID); ok {
+	if m, ok, err := srv.sent(r, s.name, req.CID); err != nil {
+		return ackData{}, err
+	} else if ok {
 		return ackData{Message: m, Duplicate: true}, nil // stored the first time
 	}
 	srv.stopTyping(s, r)

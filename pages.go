@@ -179,14 +179,15 @@ func (srv *server) serveSendForm(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g := srv.room(defaultRoomName)
-	if _, ok := g.sent(name, cid); !ok {
-		if _, err := srv.post(g, name, text, cid); err != nil {
-			srv.mu.Unlock()
-			refuse(http.StatusServiceUnavailable, "The message could not be stored: try again in a moment.")
-			return
-		}
+	_, ok, err := srv.sent(g, name, cid)
+	if err == nil && !ok {
+		_, err = srv.post(g, name, text, cid)
 	}
 	srv.mu.Unlock()
+	if err != nil {
+		refuse(http.StatusServiceUnavailable, "The message could not be stored: try again in a moment.")
+		return
+	}
 
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
