@@ -211,8 +211,12 @@ func (srv *server) keepHistory(dir string) error {
 		r.history = append(r.history, entry{m, encode("", m, "")})
 		srv.nextID = max(srv.nextID, m.ID)
 	}
+	// Nobody is in any room yet: they are all idle. A restart must not
+	// lose the rooms that were busy before it, so the cap on idle rooms is
+	// at least as many as there are now.
+	srv.cfg.MaxIdleRooms = max(srv.cfg.MaxIdleRooms, len(srv.rooms))
 	for _, r := range srv.rooms {
-		srv.forgetIdle(r) // nobody is in them yet: the idle-room cap holds from the start
+		srv.idle[r] = struct{}{}
 	}
 	srv.journal = j
 	return nil
