@@ -252,7 +252,7 @@ test('after the server restarts, pages reconnect and a message typed offline arr
   await waitForMessage(bob, 'before the restart')
 
   // While the server is down, the pages' tries to reconnect are refused.
-  const over = outage(alice, bob)
+  const over = outage([alice, bob], { restart: true })
   await server.stop()
   await alice.locator('#status', { hasText: 'reconnecting' }).waitFor()
   await bob.locator('#status', { hasText: 'reconnecting' }).waitFor()
@@ -290,7 +290,7 @@ test('the network drops: the page says so, resumes its session and misses nothin
   await eventually(async () => assert.deepEqual(await systemLines(alice), ['bob joined']))
 
   // While the network is cut, the page's tries to reconnect fail.
-  const over = outage(alice)
+  const over = outage([alice])
   network.cut()
   await alice.locator('#status', { hasText: 'reconnecting' }).waitFor()
   await send(bob, 'while alice was away')

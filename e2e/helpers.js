@@ -126,7 +126,7 @@ export function launchBrowser() {
 export async function openPage(t, browser, url, { viewport = desktop, javaScriptEnabled = true } = {}) {
   const context = await browser.newContext({ viewport, javaScriptEnabled })
   const trace = process.env.E2E_TRACES && join(process.env.E2E_TRACES, `${t.name.replace(/\W+/g, '-')}-${++traces}.zip`)
-  if (trace) await context.tracing.start({ snapshots: true })
+  if (trace) await context.tracing.start()
   t.after(async () => {
     if (trace) await context.tracing.stop({ path: trace })
     await context.close()
@@ -144,7 +144,7 @@ export async function openPage(t, browser, url, { viewport = desktop, javaScript
   page.on('console', msg => {
     if (msg.type() !== 'error') return
     const at = msg.timestamp()
-    if (unreachable.test(msg.text()) && page.outages.some(({ from, to }) => from <= at && at <= to)) return
+    if (page.outages.some(({ from, to, expected }) => from <= at && at <= to && expected(msg))) return
     page.problems.push(msg.text())
   })
   await page.goto(url)
@@ -160,14 +160,19 @@ const netError = 'net::ERR_(CONNECTION_[A-Z]+|SOCKET_NOT_CONNECTED|EMPTY_RESPONS
 const unreachable = new RegExp(`^(Failed to load resource: ${netError}|WebSocket connection to '[^']*' failed: ` +
   `((Error in connection establishment|Error during WebSocket handshake): ${netError}|Connection closed before receiving a handshake response))$`)
 
-// outage begins the time in which a test keeps the server away from these
+// outage begins the time in which a test keeps the server away from the
 // pages (it stops the server, or cuts the network). A page that reconnects
 // with backoff still tries now and then, and Chromium logs each failed try
 // as an error: those, and only those logged in that time, are no problem.
+// After a restart the sessions are gone too, and a page that comes back
+// over long-polling first asks for its old one: Chromium logs the 404
+// that answers (PROTOCOL.md section 6). restart says that this is expected.
 // The outage lasts until the function it returns is called; call it once
 // the pages are connected again, so that every failed try came before.
-export function outage(...pages) {
-  const span = { from: Date.now(), to: Infinity }
+export function outage(pages, { restart = false } = {}) {
+  const oldSession = msg => restart && /^http:\/\/[^/]+\/poll\?sid=[\w-]+$/.test(msg.location().url) &&
+    msg.text() === 'Failed to load resource: the server responded with a status of 404 (Not Found)'
+  const span = { from: Date.now(), to: Infinity, expected: msg => unreachable.test(msg.text()) || oldSession(msg) }
   for (const page of pages) page.outages.push(span)
   return () => { span.to = Date.now() }
 }
