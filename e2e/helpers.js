@@ -118,25 +118,63 @@ export function launchBrowser() {
 
 // openPage opens the chat in a new browser context (a person of their
 // own: own storage, own cookies), closed when the test ends. page.dialogs
-// and page.problems collect alert() calls, script errors and refusals by
-// the Content-Security-Policy, which every test expects to stay empty.
+// collects alert() calls, and page.problems script errors and every error
+// on the console (a refusal by the Content-Security-Policy, a failed
+// request), which every test expects to stay empty; the only exception is
+// a failed attempt to connect during an outage (see outage).
+// With E2E_TRACES=folder, a Playwright trace of each context is kept there.
 export async function openPage(t, browser, url, { viewport = desktop, javaScriptEnabled = true } = {}) {
   const context = await browser.newContext({ viewport, javaScriptEnabled })
-  t.after(() => context.close())
+  const trace = process.env.E2E_TRACES && join(process.env.E2E_TRACES, `${t.name.replace(/\W+/g, '-')}-${++traces}.zip`)
+  if (trace) await context.tracing.start()
+  t.after(async () => {
+    if (trace) await context.tracing.stop({ path: trace })
+    await context.close()
+  })
   context.setDefaultTimeout(10_000)
   const page = await context.newPage()
   page.dialogs = []
   page.problems = []
+  page.outages = []
   page.on('dialog', dialog => {
     page.dialogs.push(dialog.message())
     dialog.dismiss()
   })
   page.on('pageerror', err => page.problems.push(err.message))
   page.on('console', msg => {
-    if (msg.type() === 'error' && /Content Security Policy|Refused/i.test(msg.text())) page.problems.push(msg.text())
+    if (msg.type() !== 'error') return
+    const at = msg.timestamp()
+    if (page.outages.some(({ from, to, expected }) => from <= at && at <= to && expected(msg))) return
+    page.problems.push(msg.text())
   })
   await page.goto(url)
   return page
+}
+
+let traces = 0
+
+// unreachable matches the console errors Chromium logs for a request or a
+// WebSocket that could not reach the server: the connection was refused,
+// reset, or closed before an answer.
+const netError = 'net::ERR_(CONNECTION_[A-Z]+|SOCKET_NOT_CONNECTED|EMPTY_RESPONSE)'
+const unreachable = new RegExp(`^(Failed to load resource: ${netError}|WebSocket connection to '[^']*' failed: ` +
+  `((Error in connection establishment|Error during WebSocket handshake): ${netError}|Connection closed before receiving a handshake response))$`)
+
+// outage begins the time in which a test keeps the server away from the
+// pages (it stops the server, or cuts the network). A page that reconnects
+// with backoff still tries now and then, and Chromium logs each failed try
+// as an error: those, and only those logged in that time, are no problem.
+// After a restart the sessions are gone too, and a page that comes back
+// over long-polling first asks for its old one: Chromium logs the 404
+// that answers (PROTOCOL.md section 6). restart says that this is expected.
+// The outage lasts until the function it returns is called; call it once
+// the pages are connected again, so that every failed try came before.
+export function outage(pages, { restart = false } = {}) {
+  const oldSession = msg => restart && /^http:\/\/[^/]+\/poll\?sid=[\w-]+$/.test(msg.location().url) &&
+    msg.text() === 'Failed to load resource: the server responded with a status of 404 (Not Found)'
+  const span = { from: Date.now(), to: Infinity, expected: msg => unreachable.test(msg.text()) || oldSession(msg) }
+  for (const page of pages) page.outages.push(span)
+  return () => { span.to = Date.now() }
 }
 
 // openChat opens the chat and chooses a name, as on a first visit.
