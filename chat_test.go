@@ -61,6 +61,7 @@ const waitTimeout = 5 * time.Second
 func testConfig() config {
 	cfg := defaultConfig()
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.SessionsPerIP = cfg.MaxSessions // every test client comes from 127.0.0.1
 	return cfg
 }
 
