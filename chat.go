@@ -31,6 +31,7 @@ type room struct {
 	members []*session
 	history []entry
 	posting map[string]*posting // messages on their way to disk, by username and cid (post)
+	writing int                 // messages on their way to disk (post)
 	users   usersList           // the names room_joined lists, kept encoded (speed.go)
 	shared  historyList         // the history as room_joined sends it (speed.go)
 }
@@ -118,7 +119,7 @@ func (srv *server) announce(r *room, skip *session, event string, data any) {
 // Without -data that is all. With it, the message is first written to the
 // journal (journal.go), and published only once it is on disk, so that
 // nobody hears of a message a crash could lose. srv.mu is held; post lets
-// go of it while it waits for the disk, the one place anything does, so
+// go of it while it waits for the disk (the only place an event does), so
 // that other messages can share the same write (group commit). Meanwhile
 // the message is in r.posting, so that the same cid sent again waits for
 // it instead of being stored twice.
@@ -141,19 +142,26 @@ func (srv *server) post(r *room, username, text, cid string) (m message, duplica
 	if cid != "" {
 		r.posting[key] = p
 	}
-	err = srv.journal.append(m, func(err error) { // on the journal's goroutine, in order
+	r.writing++ // r stays in srv.rooms until then (forgetIdle)
+	// The id was given and the message queued in one hold of srv.mu: the
+	// journal writes and publishes in the same order, the order of ids.
+	// The callback runs on the journal's goroutine, and takes srv.mu.
+	err = srv.journal.append(m, func(err error) {
 		srv.mu.Lock()
+		r.writing--
+		delete(r.posting, key)
 		if err == nil {
 			srv.publish(m)
 		} else {
 			srv.log.Error("a message could not be stored", "err", err)
 			p.err = errNotStored
+			srv.forgetIdle(r)
 		}
-		delete(r.posting, key)
 		srv.mu.Unlock()
 		close(p.done)
 	})
 	if err != nil { // the journal is closed: the server is stopping
+		r.writing--
 		delete(r.posting, key)
 		return m, false, errNotStored
 	}
@@ -212,9 +220,9 @@ func (srv *server) keepHistory(dir string) error {
 		srv.nextID = max(srv.nextID, m.ID)
 	}
 	// Nobody is in any room yet: they are all idle. A restart must not
-	// lose the rooms that were busy before it, so the cap on idle rooms is
-	// at least as many as there are now.
-	srv.cfg.MaxIdleRooms = max(srv.cfg.MaxIdleRooms, len(srv.rooms))
+	// lose the rooms that were busy before it, so the cap on idle rooms
+	// starts at as many as there are now (forgetIdle lowers it again).
+	srv.idleCap = max(srv.cfg.MaxIdleRooms, len(srv.rooms))
 	for _, r := range srv.rooms {
 		srv.idle[r] = struct{}{}
 	}
@@ -308,11 +316,12 @@ func (srv *server) leave(s *session, r *room) {
 
 // forgetIdle bounds the rooms nobody is in. One without history is
 // forgotten at once; one with history is kept for /messages and for the
-// next joiner, but only cfg.MaxIdleRooms of those: past that, the one whose
+// next joiner, but only cfg.MaxIdleRooms of those (srv.idleCap: more just
+// after a restart, until as many have been joined): past that, the one whose
 // last message is oldest goes. Without this cap, a client joining and
 // leaving new names in a loop would grow the map for ever. srv.mu is held.
 func (srv *server) forgetIdle(r *room) {
-	if len(r.members) > 0 {
+	if len(r.members) > 0 || r.writing > 0 { // (post publishes into r once written)
 		return
 	}
 	if len(r.history) == 0 {
@@ -320,7 +329,8 @@ func (srv *server) forgetIdle(r *room) {
 		return
 	}
 	srv.idle[r] = struct{}{}
-	if len(srv.idle) <= srv.cfg.MaxIdleRooms {
+	srv.idleCap = max(srv.cfg.MaxIdleRooms, min(srv.idleCap, len(srv.idle)))
+	if len(srv.idle) <= srv.idleCap {
 		return
 	}
 	var oldest *room

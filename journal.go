@@ -161,8 +161,8 @@ func openJournal(dir string, keep int, snapshot func() []record) (j *journal, hi
 	return j, history, nil
 }
 
-// lockDir creates dir and takes the exclusive flock of dir/lock, without
-// waiting: a second server on the directory fails at once.
+// lockDir creates dir and takes the exclusive flock of dir/lock: a second
+// server on the directory fails, after waiting lockWait for it.
 func lockDir(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -393,7 +393,8 @@ func syncDir(dir string) error {
 
 // close publishes what is queued, stops the committer and frees the
 // directory. It answers the first I/O error the journal met, if any;
-// closing again answers the same.
+// closing again answers the same. Not with the server's mutex held: the
+// callbacks of what is queued take it.
 func (j *journal) close() error {
 	j.closeOnce.Do(func() {
 		j.mu.Lock()

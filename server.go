@@ -127,6 +127,7 @@ type server struct {
 	names    map[string]*session // by lowercase username
 	rooms    map[string]*room    // by name; kept while they have history
 	idle     map[*room]struct{}  // rooms kept only for their history
+	idleCap  int                 // how many of them: cfg.MaxIdleRooms, or more just after a restart (chat.go: keepHistory)
 	nextID   int64               // the last message id given out
 	formRate map[string]*bucket  // POST /send_message rate, by client IP
 	closed   bool
@@ -150,6 +151,7 @@ func newServer(cfg config) *server {
 		formRate:    make(map[string]*bucket),
 		metrics:     newMetrics(),
 		outboxLimit: outboxLimit(cfg),
+		idleCap:     cfg.MaxIdleRooms,
 	}
 	// Message ids start from the clock (microseconds, well within what a
 	// JavaScript number holds exactly), so that they keep growing across a
