@@ -158,3 +158,21 @@ func TestNameLookAlikes(t *testing.T) {
 		}
 	}
 }
+
+// TestRenamedNameIsFolded: a name taken by set_username is held by its
+// folded form too: once bob is ＣＡＲＯＬ (full width), nobody may be carol.
+func TestRenamedNameIsFolded(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	bob := joined(t, ts, "bob")
+	if r := bob.call("set_username", map[string]any{"username": "ＣＡＲＯＬ"}); !r.OK {
+		t.Fatalf("set_username ＣＡＲＯＬ: got %s, want ok", r.raw)
+	}
+	dave := joined(t, ts, "dave")
+	if r := dave.call("set_username", map[string]any{"username": "carol"}); r.Error.Code != "username_taken" {
+		t.Errorf("set_username carol while ＣＡＲＯＬ is online: got %s, want username_taken", r.raw)
+	}
+	if guest := dial(t, ts, "Carol"); !strings.HasPrefix(guest.username, "guest-") {
+		t.Errorf("a new session asking for Carol: got %q, want a guest name", guest.username)
+	}
+}
