@@ -492,6 +492,8 @@ func TestPollReceive(t *testing.T) {
 	// A cursor beyond the last event is refused, and the session lives on.
 	a = mustRequest(t, alice.hc, "GET", alice.receiveURL(alice.after+5), nil, nil)
 	wantJSONError(t, a, http.StatusBadRequest, "bad_request")
+	a = mustRequest(t, alice.hc, "GET", alice.receiveURL(alice.after+1), nil, nil) // at the edge
+	wantJSONError(t, a, http.StatusBadRequest, "bad_request")
 	alice.call("echo_message", "still alive")
 }
 

@@ -1249,6 +1249,13 @@ func TestCursorAhead(t *testing.T) {
 		t.Errorf("welcome: got %s, want a new session with another name", c.welcome)
 	}
 	alice.call("echo_message", "still alive")
+
+	// One beyond the last event, at the edge, is as much ahead.
+	edge := dialQuery(t, ts, url.Values{"sid": {alice.sid}, "after": {fmt.Sprint(alice.seq() + 1)}}, 0)
+	if !strings.Contains(string(edge.welcome.Data), `"resumed":false`) || edge.sid == alice.sid {
+		t.Errorf("after = last seq + 1: got %s, want a new session", edge.welcome)
+	}
+	alice.call("echo_message", "still alive")
 }
 
 // TestLongBatchIsNotSlow: one message of 300 events, most of them refused by
