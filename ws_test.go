@@ -530,6 +530,7 @@ func TestListRooms(t *testing.T) {
 	bob := joined(t, ts, "bob")
 	alice.expect("user_joined")
 	bob.call("join_room", map[string]any{"room": "zeta"})
+	bob.call("send_message", map[string]any{"room": "zeta", "text": "kept"}) // zeta is kept for its history
 	bob.call("join_room", map[string]any{"room": "alpha"})
 	bob.call("leave_room", map[string]any{"room": "zeta"})
 

@@ -1,11 +1,14 @@
 // Command mutate is a mutation probe: it checks that the tests catch what
 // they claim to. A passing suite proves little by itself; one that fails
 // when the code is made wrong on purpose shows that it is watching. Each
-// mutant in mutants.txt is one small wrong change (an off-by-one, a wrong
+// mutant in mutants.txt is a small wrong change (an off-by-one, a wrong
 // close code, a forgotten call) that breaks a rule of PROTOCOL.md. The probe
-// applies each in turn to a copy of the repository and runs `go test` there:
-// a mutant the tests notice is killed; one they miss survives, and shows a
-// gap in the tests, unless no client could tell (an equivalent mutant).
+// applies each in turn to a copy of the repository and runs `go test` there.
+// A mutant the tests notice is killed, if the tests that failed fail again
+// on their own, twice (else a flaky test may have failed by chance, or the
+// tests catch it only now and then: "unsure"). One they miss survives: a
+// gap in the tests, unless no client could tell the difference (an
+// equivalent mutant; its why line starts "Equivalent").
 //
 //	nice -n 10 go run ./mutate              # every mutant, one at a time (slow)
 //	go run ./mutate -run 'resume|outbox'    # those whose names match
@@ -13,13 +16,12 @@
 //
 // A snippet must occur once in all the non-test Go files together, so code
 // may move between files; when it changes, the probe stops at once ("snippet
-// not found"). It fails then, when a mutant does not compile (invalid:
-// rewrite it), and when one survives, unless its why line says "Equivalent".
+// not found"). It fails then, and for every mutant not killed: survived,
+// unsure, or invalid (it does not compile, and must be rewritten).
 package main
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -44,18 +46,19 @@ type mutant struct {
 func main() {
 	run := flag.String("run", "", "only the mutants whose names match this regular expression")
 	timeout := flag.Duration("timeout", 3*time.Minute, "the longest one mutant's tests may take")
+	skip := flag.String("skip", "", "tests not to run (go test -skip), say one known to be flaky")
 	list := flag.Bool("list", false, "list the mutants and where their snippets are; run no tests")
 	flag.Parse()
 	// Ctrl-C stops the tests under way, and their copy is removed.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := probe(ctx, *run, *timeout, *list); err != nil {
+	if err := probe(ctx, *run, *skip, *timeout, *list); err != nil {
 		fmt.Fprintln(os.Stderr, "mutate:", err)
 		os.Exit(1)
 	}
 }
 
-func probe(ctx context.Context, pattern string, timeout time.Duration, listOnly bool) error {
+func probe(ctx context.Context, pattern, skip string, timeout time.Duration, listOnly bool) error {
 	re, err := regexp.Compile(pattern)
 	if err != nil {
 		return err
@@ -111,20 +114,29 @@ func probe(ctx context.Context, pattern string, timeout time.Duration, listOnly 
 		return nil
 	}
 
-	// Without a mutant the tests must pass, or every mutant would look killed.
+	// Without a mutant the tests must pass, or every mutant would look
+	// killed. Three tries: a flaky test is named, not fatal.
 	start := time.Now()
 	fmt.Printf("%d mutants; first the tests without one...\n", len(mutants))
-	if res, tests, _ := test(ctx, files, nil, timeout); res != "survived" {
-		return fmt.Errorf("the tests fail without a mutant (%s: %s): fix them first", res, tests)
+	for try := 1; ; try++ {
+		res, tests, _ := test(ctx, files, nil, skip, timeout)
+		if ctx.Err() != nil {
+			return context.Cause(ctx) // interrupted
+		} else if res == "survived" {
+			break
+		} else if try == 3 {
+			return fmt.Errorf("the tests fail without a mutant (%s): fix them first", tests)
+		}
+		fmt.Printf("without a mutant, %s failed: flaky? once more\n", tests)
 	}
 	fmt.Printf("%-24s %-16s %-10s %6s  %s\n", "MUTANT", "WHERE", "RESULT", "TIME", "FAILING TESTS")
 	failed := 0
 	for _, m := range mutants {
-		res, tests, took := test(ctx, files, m, timeout)
+		res, tests, took := test(ctx, files, m, skip, timeout)
 		if ctx.Err() != nil {
-			return ctx.Err() // interrupted
+			return context.Cause(ctx) // interrupted
 		}
-		if res == "survived" && m.equivalent {
+		if res != "killed" && res != "invalid" && m.equivalent {
 			res = "equivalent"
 		} else if res != "killed" {
 			failed++
@@ -133,7 +145,7 @@ func probe(ctx context.Context, pattern string, timeout time.Duration, listOnly 
 	}
 	fmt.Printf("%d mutants, %d not killed, in %s\n", len(mutants), failed, time.Since(start).Round(time.Second))
 	if failed > 0 {
-		return fmt.Errorf("%d mutants survived or did not compile", failed)
+		return fmt.Errorf("%d mutants not killed", failed)
 	}
 	return nil
 }
@@ -195,7 +207,7 @@ func locate(m *mutant, files map[string]string) string {
 // test copies the files to a new directory, applies m (none when nil) and
 // runs the tests there. It says whether they killed m, m survived, or m is
 // invalid (it does not compile), and which tests failed or why.
-func test(ctx context.Context, files map[string]string, m *mutant, timeout time.Duration) (result, detail string, took time.Duration) {
+func test(ctx context.Context, files map[string]string, m *mutant, skip string, timeout time.Duration) (result, detail string, took time.Duration) {
 	start := time.Now()
 	dir, err := os.MkdirTemp("", "mutate-")
 	if err != nil {
@@ -212,39 +224,55 @@ func test(ctx context.Context, files map[string]string, m *mutant, timeout time.
 		}
 	}
 
-	// go test's own -timeout makes a hung test panic and say its name; the
-	// context is the backstop, with a minute more for building. Not -race:
-	// a mutant needs the tests to fail, and without it they run in half the time.
-	ctx, cancel := context.WithTimeout(ctx, timeout+time.Minute)
+	// Not -race: a mutant needs the tests to fail, and without it they take
+	// half the time. The context is a backstop for go test's own -timeout
+	// (a hung test panics and says its name), with time to build.
+	ctx, cancel := context.WithTimeout(ctx, 2*timeout+time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-timeout", timeout.String(), "./...")
+	text, err := goTest(ctx, dir, timeout, "-skip", skip)
+	var failed []string // the tests that failed (not their subtests), in order
+	for _, s := range regexp.MustCompile(`(?m)^--- FAIL: (\w+)`).FindAllStringSubmatch(text, -1) {
+		failed = append(failed, s[1])
+	}
+	switch {
+	case err == nil:
+		return "survived", "", time.Since(start)
+	case strings.Contains(text, "[build failed]") || strings.Contains(text, "[setup failed]"):
+		return "invalid", firstMatch(text, `(?m)^\S+\.go:\d+:\d+: .*$`, "build failed"), time.Since(start)
+	case ctx.Err() != nil:
+		return "killed", "timeout", time.Since(start)
+	case len(failed) == 0 && strings.Contains(text, "panic: test timed out"):
+		return "killed", "timeout: " + firstMatch(text, `running tests:\s+(\S+)`, "?"), time.Since(start)
+	case len(failed) == 0:
+		return "killed", firstMatch(text, `(?m)^(panic: .{0,40})`, "FAIL"), time.Since(start)
+	}
+	if detail = strings.Join(failed, " "); len(failed) > 3 {
+		detail = strings.Join(failed[:3], " ") + " +more"
+	}
+	// A flaky test may have failed by chance: the kill counts only if the
+	// tests that failed (the first three) fail again on their own, twice in
+	// a row. (A mutant they catch only now and then is "unsure" too.)
+	for i := 0; m != nil && i < 2; i++ {
+		only := "^(" + strings.Join(failed[:min(3, len(failed))], "|") + ")$"
+		if _, err := goTest(ctx, dir, timeout, "-run", only, "-failfast"); err == nil {
+			return "unsure", detail + " (then passed on their own)", time.Since(start)
+		}
+	}
+	return "killed", detail, time.Since(start)
+}
+
+// goTest runs go test in dir and returns what it printed.
+func goTest(ctx context.Context, dir string, timeout time.Duration, args ...string) (string, error) {
+	args = append([]string{"test", "-count=1", "-timeout", timeout.String()}, args...)
+	cmd := exec.CommandContext(ctx, "go", append(args, "./...")...)
 	cmd.Dir = dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // so as to stop the test binary too
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
 	var output bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &output, &output
-	err = cmd.Run()
-	took, text := time.Since(start), output.String()
-	switch {
-	case err == nil:
-		return "survived", "", took
-	case strings.Contains(text, "[build failed]") || strings.Contains(text, "[setup failed]"):
-		return "invalid", firstMatch(text, `(?m)^\S+\.go:\d+:\d+: .*$`, "build failed"), took
-	case ctx.Err() != nil:
-		return "killed", "timeout", took
-	}
-	// The tests that failed (not their subtests), in the order they did.
-	for i, s := range regexp.MustCompile(`(?m)^--- FAIL: (\w+)`).FindAllStringSubmatch(text, -1) {
-		if i == 3 {
-			return "killed", detail + " +more", took
-		}
-		detail = strings.TrimSpace(detail + " " + s[1])
-	}
-	if detail == "" && strings.Contains(text, "panic: test timed out") {
-		detail = "timeout: " + firstMatch(text, `running tests:\s+(\S+)`, "?")
-	}
-	return "killed", cmp.Or(detail, firstMatch(text, `(?m)^(panic: .{0,40})`, "FAIL")), took
+	err := cmd.Run()
+	return output.String(), err
 }
 
 // firstMatch returns the last group of expr's first match in text (the
