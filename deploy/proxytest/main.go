@@ -244,6 +244,9 @@ type ws struct {
 	conn  *websocket.Conn
 	pings atomic.Int32 // pings received from the server
 	ack   int64
+	// pending holds the events of a batch (one frame, a JSON array) that
+	// waitFor has not looked at yet: the next call starts with them.
+	pending []envelope
 }
 
 // dialWS opens a WebSocket from src with the site's Origin (as a browser
@@ -279,9 +282,17 @@ func (c *ws) send(ctx context.Context, event string, data any) error {
 	return c.conn.Write(ctx, websocket.MessageText, b)
 }
 
-// waitFor reads until an event satisfies ok, and returns it.
+// waitFor reads until an event satisfies ok, and returns it. Events of the
+// same batch that come after it stay for the next call.
 func (c *ws) waitFor(ctx context.Context, ok func(envelope) bool) (envelope, error) {
 	for {
+		for len(c.pending) > 0 {
+			e := c.pending[0]
+			c.pending = c.pending[1:]
+			if ok(e) {
+				return e, nil
+			}
+		}
 		_, msg, err := c.conn.Read(ctx)
 		if err != nil {
 			return envelope{}, err
@@ -290,11 +301,7 @@ func (c *ws) waitFor(ctx context.Context, ok func(envelope) bool) (envelope, err
 		if err != nil {
 			return envelope{}, fmt.Errorf("%q: %v", msg, err)
 		}
-		for _, e := range list {
-			if ok(e) {
-				return e, nil
-			}
-		}
+		c.pending = list
 	}
 }
 
