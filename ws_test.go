@@ -404,6 +404,31 @@ func TestClientCloseWhileStreaming(t *testing.T) {
 	}
 }
 
+// TestWakeWhileWriting pushes bob two events at a time, the second 0 to
+// 300 µs after the first, so that it comes at every point of his writer's
+// run: before it looks, while it writes, while it waits its pace, as it
+// rests. Each must arrive, once and in order (the client checks seq), and
+// no second writer may start (-race). The narrowest case, a push between
+// the writer's last look and its rest, is about one sync.Pool.Put wide:
+// this test reaches it too rarely to catch the mutant that loses it
+// (mutate/mutants.txt, wake-forgets-pending).
+func TestWakeWhileWriting(t *testing.T) {
+	t.Parallel()
+	srv, ts := startServer(t, nil)
+	bob := joined(t, ts, "bob")
+	srv.mu.Lock()
+	s := srv.sessions[bob.sid]
+	srv.mu.Unlock()
+	for i := range 3000 {
+		s.push(encodeEvent("typing", map[string]any{"room": "general", "username": "alice", "typing": true}))
+		for start := time.Now(); time.Since(start) < time.Duration(i%3000)*100*time.Nanosecond; {
+		}
+		s.push(encodeEvent("typing", map[string]any{"room": "general", "username": "alice", "typing": false}))
+		bob.expect("typing")
+		bob.expect("typing")
+	}
+}
+
 func TestSetUsername(t *testing.T) {
 	t.Parallel()
 	_, ts := startServer(t, nil)
