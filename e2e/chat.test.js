@@ -2,6 +2,9 @@
 // server, one server per test. Run them with `bash e2e/run.sh` from the
 // repository's root, or `npm ci && node --test` in this folder.
 import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { after, before, test } from 'node:test'
 import {
   buildServer, connected, countMessages, eventually, launchBrowser, message, messageBox,
@@ -276,6 +279,47 @@ test('after the server restarts, pages reconnect and a message typed offline arr
   assert.equal(await countMessages(bob, 'before the restart'), 1)
   const stored = await (await fetch(`${server.url}/messages?room=general`)).json()
   assert.deepEqual(stored.map(m => m.text), ['typed while offline', 'welcome back'])
+  await eventually(async () => assert.deepEqual(await online(alice), ['alice (you)', 'bob']))
+  nothingWentWrong(alice, bob)
+})
+
+test('with -data, a restart keeps the conversation: each page shows it once, and what was typed offline arrives once', { timeout: 90_000 }, async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'chat-e2e-data-'))
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  let server = await serve(t, { args: ['-data', dir] })
+  const alice = await openChat(t, browser, server, 'alice')
+  const bob = await openChat(t, browser, server, 'bob', { viewport: phone })
+  await send(alice, 'first, before the restart')
+  await waitForMessage(bob, 'first, before the restart')
+  await send(bob, 'second, before the restart')
+  await waitForMessage(alice, 'second, before the restart')
+
+  const over = outage([alice, bob], { restart: true })
+  await server.stop()
+  await alice.locator('#status', { hasText: 'reconnecting' }).waitFor()
+  await send(bob, 'typed while the server was down')
+  await bob.locator('.message.pending', { hasText: 'typed while the server was down' }).waitFor()
+
+  // The same port and the same directory: the history is back, the
+  // sessions are not; the pages join again asking only for what they miss.
+  server = await serve(t, { port: server.port, args: ['-data', dir] })
+  await connected(alice, 'WebSocket')
+  await connected(bob, 'WebSocket')
+  over()
+  await waitForMessage(alice, 'typed while the server was down')
+  await bob.locator('.message.pending').waitFor({ state: 'detached' })
+  await send(alice, 'after the restart')
+  await waitForMessage(bob, 'after the restart')
+  await screenshot(bob, 'phone-after-data-restart')
+
+  const conversation = ['first, before the restart', 'second, before the restart', 'typed while the server was down', 'after the restart']
+  for (const page of [alice, bob]) {
+    const texts = await page.locator('.log .message:not(.pending) .text').allTextContents()
+    assert.deepEqual(texts, conversation, 'each message once, in order')
+  }
+  const stored = await (await fetch(`${server.url}/messages?room=general`)).json()
+  assert.deepEqual(stored.map(m => m.text), conversation)
+  // Both names were free again: each page came back as itself.
   await eventually(async () => assert.deepEqual(await online(alice), ['alice (you)', 'bob']))
   nothingWentWrong(alice, bob)
 })
