@@ -161,6 +161,10 @@ func (srv *server) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	e.int("chat_transports_replaced_total", "", m.replaced.Load())
 	e.family("chat_events_refused_total", "counter", "Client events answered with an error (an ack with ok false, or an error event), by code.")
 	e.labeled("chat_events_refused_total", &m.refused)
+	if srv.journal != nil {
+		e.family("chat_journal_fsyncs_total", "counter", "With -data: fsyncs of the journal, one per batch of messages (group commit).")
+		e.int("chat_journal_fsyncs_total", "", srv.journal.syncs.Load())
+	}
 
 	e.family("chat_websocket_batch_events", "histogram", "Events per WebSocket message: a writer sends every event waiting in one.")
 	var cumulative int64

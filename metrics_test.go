@@ -12,6 +12,7 @@ import (
 	"math"
 	"mime"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os/exec"
 	"regexp"
@@ -198,7 +199,7 @@ func TestMetricsNames(t *testing.T) {
 		t.Errorf("one client in general: got sessions %v, websockets %v, live rooms %v, want 1 each",
 			got["chat_sessions"], got[`chat_connections{transport="websocket"}`], got["chat_rooms_live"])
 	}
-	now := float64(time.Now().Unix())
+	now := float64(time.Now().UnixMicro()) / 1e6 // not whole seconds: the process may be younger than one
 	if start := got["process_start_time_seconds"]; start > now || start < now-3600 {
 		t.Errorf("process_start_time_seconds: got %v, want within the hour before %v", start, now)
 	}
@@ -253,6 +254,40 @@ func TestMetricsMessage(t *testing.T) {
 	}
 	if got := grew("chat_websocket_batch_events_sum"); got != 2 {
 		t.Errorf("chat_websocket_batch_events_sum grew by %v, want 2", got)
+	}
+}
+
+// TestMetricsJournal: with -data, the journal's fsyncs are counted, one
+// per batch; without it there is no such series.
+func TestMetricsJournal(t *testing.T) {
+	t.Parallel()
+	for _, data := range []bool{false, true} {
+		ctx, cancel := context.WithCancel(context.Background())
+		args := []string{"-addr", "127.0.0.1:0", "-metrics"}
+		if data {
+			args = append(args, "-data", t.TempDir())
+		}
+		base, result, _ := startRun(t, ctx, args...)
+		ts := &httptest.Server{URL: base}
+		alice := joined(t, ts, "alice")
+		for i := range 3 {
+			if r := alice.call("send_message", map[string]any{"text": fmt.Sprint("kept ", i)}); !r.OK {
+				t.Fatalf("send_message: %s", r.raw)
+			}
+		}
+		got := scrape(t, base)
+		syncs, ok := got["chat_journal_fsyncs_total"]
+		if data && (syncs < 1 || syncs > 3) {
+			t.Errorf("with -data: chat_journal_fsyncs_total %v (present %v), want 1 to 3 for 3 messages", syncs, ok)
+		}
+		if !data && ok {
+			t.Errorf("without -data: chat_journal_fsyncs_total is there")
+		}
+		alice.close()
+		cancel()
+		if err := <-result; err != nil {
+			t.Errorf("run %q: %v", args, err)
+		}
 	}
 }
 
