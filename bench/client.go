@@ -99,7 +99,10 @@ type loadRun struct {
 	o       *options
 	nw      *network
 	clients []*client // every client started
-	maxID   int64     // the messages of the send window are numbered 1 to maxID
+	// The senders: sender i sends messages i+1, i+1+len, …. Set before
+	// the send window; the receivers read it to check rooms.
+	senders atomic.Pointer[[]*client]
+	maxID   int64 // the messages of the send window are numbered 1 to maxID
 
 	sent, sendErrors atomic.Int64 // messages written; messages that could not be
 	refused          atomic.Int64 // send_message events the server answered with an error
@@ -133,7 +136,7 @@ func (r *loadRun) connect(ctx context.Context, out io.Writer) (joined []*client)
 	for i := 0; i < r.o.clients && wait.Err() == nil; i += dialParallel {
 		var wave []*client
 		for n := i; n < min(i+dialParallel, r.o.clients); n++ {
-			c := &client{n: n, run: r, ready: make(chan struct{}), done: make(chan struct{})}
+			c := &client{n: n, room: n % r.o.rooms, run: r, ready: make(chan struct{}), done: make(chan struct{})}
 			c.ctx, c.cancel = context.WithCancel(ctx)
 			wave = append(wave, c)
 			if r.o.transport == "polling" {
@@ -154,9 +157,14 @@ func (r *loadRun) connect(ctx context.Context, out io.Writer) (joined []*client)
 			}
 		}
 	}
-	fmt.Fprintf(out, "connected       %d of %d clients in %.1fs; the room has %d members\n",
-		len(joined), r.o.clients, time.Since(began).Seconds(), r.members.Load())
-	if extra := r.members.Load() - int64(len(joined)); extra > 0 {
+	largest := (len(joined) + r.o.rooms - 1) / r.o.rooms // a room's members, if all joined
+	which := "the room has"
+	if r.o.rooms > 1 {
+		which = "the largest room has"
+	}
+	fmt.Fprintf(out, "connected       %d of %d clients in %.1fs; %s %d members\n",
+		len(joined), r.o.clients, time.Since(began).Seconds(), which, r.members.Load())
+	if extra := r.members.Load() - int64(largest); extra > 0 {
 		fmt.Fprintf(out, "warning         %d more: an earlier run's sessions stay for the server's grace period (30 s)\n", extra)
 	}
 	return joined
@@ -199,11 +207,12 @@ func (r *loadRun) sendLoop(ctx context.Context, c *client, i int, start time.Tim
 		storeMax(&r.lag, int64(now.Sub(due(slot))))
 		if r.o.peer != "chat" { // a peer takes one message a frame
 			for ; slot < r.maxID && !due(slot).After(now); slot += int64(r.o.senders) {
-				if err := c.send(r.appendSendMessage(buf[:0], slot+1, due(slot))); err != nil {
+				if err := c.send(r.appendSendMessage(buf[:0], c, slot+1, due(slot))); err != nil {
 					r.sendErrors.Add(1)
 					return
 				}
 				r.sent.Add(1)
+				c.sent.Add(1)
 			}
 			continue
 		}
@@ -213,7 +222,7 @@ func (r *loadRun) sendLoop(ctx context.Context, c *client, i int, start time.Tim
 			if n++; n > 1 {
 				buf = append(buf, ',')
 			}
-			buf = r.appendSendMessage(buf, slot+1, due(slot))
+			buf = r.appendSendMessage(buf, c, slot+1, due(slot))
 		}
 		msg := append(buf, ']')
 		if n == 1 {
@@ -224,13 +233,14 @@ func (r *loadRun) sendLoop(ctx context.Context, c *client, i int, start time.Tim
 			return // the server closed this client; that is reported
 		}
 		r.sent.Add(n)
+		c.sent.Add(n)
 	}
 }
 
-// appendSendMessage appends message id as the server takes it: a
-// send_message envelope, a Socket.IO event, or (gorilla) the text alone.
-// The room name was checked by parseFlags: it needs no escaping.
-func (r *loadRun) appendSendMessage(b []byte, id int64, due time.Time) []byte {
+// appendSendMessage appends message id, from c to its room, as the server
+// takes it: a send_message envelope, a Socket.IO event, or (gorilla) the
+// text alone. Room names were checked by parseFlags: they need no escaping.
+func (r *loadRun) appendSendMessage(b []byte, c *client, id int64, due time.Time) []byte {
 	switch r.o.peer {
 	case "gorilla":
 		return r.appendText(b, id, due)
@@ -239,7 +249,7 @@ func (r *loadRun) appendSendMessage(b []byte, id int64, due time.Time) []byte {
 		return append(r.appendText(b, id, due), `"]`...)
 	}
 	b = append(b, `{"event":"send_message","data":{"room":"`...)
-	b = append(b, r.o.room...)
+	b = append(b, r.o.roomName(c.room)...)
 	b = append(b, `","text":"`...)
 	return append(r.appendText(b, id, due), `"}}`...)
 }
@@ -268,6 +278,7 @@ func (r *loadRun) appendText(b []byte, id int64, due time.Time) []byte {
 // receives; a sender goroutine calls send once ready is closed.
 type client struct {
 	n      int
+	room   int // its room: -room, or with -rooms its number
 	run    *loadRun
 	ctx    context.Context // cancelled to stop the client
 	cancel context.CancelFunc
@@ -275,10 +286,14 @@ type client struct {
 	done   chan struct{} // closed once it has stopped
 	send   func(msg []byte) error
 
+	// A sender's: messages written, and refused by the server.
+	sent, refused atomic.Int64
+
 	// Owned by the receiving goroutine; others read them once done is closed.
 	seen     bitset // message ids received
 	received int64  // distinct bench messages
 	dups     int64
+	strays   int64  // messages of another room: the server sent them to the wrong client
 	closedBy string // why the server ended the client; "" if it did not
 }
 
@@ -287,10 +302,11 @@ func (c *client) username() string { return "bench-" + strconv.Itoa(c.n) }
 // httpClient is the HTTP client of the client's source address.
 func (c *client) httpClient() *http.Client { return c.run.nw.clients[c.n/c.run.nw.perSource] }
 
-// join joins the room, unless it is general, where every session starts.
+// join joins the client's room, unless it is general, where every session
+// starts. (It stays in general too: nothing is said there during a run.)
 func (c *client) join() {
-	if c.run.o.room != "general" {
-		c.send([]byte(`{"event":"join_room","data":{"room":"` + c.run.o.room + `"},"ack":1}`))
+	if name := c.run.o.roomName(c.room); name != "general" {
+		c.send([]byte(`{"event":"join_room","data":{"room":"` + name + `"},"ack":1}`))
 	}
 }
 
@@ -462,7 +478,7 @@ func (c *client) receive(msg []byte) (last []byte) {
 				c.count(id, now-sent)
 			}
 		case "room_joined":
-			if e.Data.Room == c.run.o.room && !isClosed(c.ready) {
+			if e.Data.Room == c.run.o.roomName(c.room) && !isClosed(c.ready) {
 				storeMax(&c.run.members, e.Data.Count)
 				close(c.ready)
 			}
@@ -470,6 +486,7 @@ func (c *client) receive(msg []byte) (last []byte) {
 			c.run.refusal(e.Data.Code)
 			if e.Data.Event == "send_message" {
 				c.run.refused.Add(1)
+				c.refused.Add(1)
 			}
 		case "ack": // join_room is the only event sent with one
 			if e.Data.Error.Code != "" {
@@ -615,6 +632,10 @@ func parseDigits(b []byte) (n int64, ok bool) {
 func (c *client) count(id, latency int64) {
 	if id < 1 || id > c.run.maxID {
 		return // not this run's
+	}
+	if s := c.run.senders.Load(); s == nil || (*s)[(id-1)%int64(len(*s))].room != c.room {
+		c.strays++ // counted, but not as a delivery
+		return
 	}
 	if c.seen.testAndSet(id) {
 		c.dups++

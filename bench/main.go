@@ -7,6 +7,12 @@
 // room, has 10 of them send 500 messages a second in total for 10 s, and
 // reports deliveries, loss, duplicates, throughput, latency and CPU use.
 //
+//	go run ./bench -clients 10000 -rooms 1000 -senders 1000 -rate 10000 -duration 10s
+//
+// spreads the clients over 1,000 rooms of 10 (client n in room n mod 1,000,
+// so sender i is in room i mod 1,000), and checks that each message reaches
+// exactly the members of its room: the shape of most real chats.
+//
 //	go run ./bench -idle 10000 -server-pid PID
 //
 // opens 10,000 idle WebSockets instead, and reports how much resident memory
@@ -84,6 +90,7 @@ type options struct {
 	url, transport, room  string
 	peer                  string // "chat" (this server), "gorilla" or "socketio"
 	clients, senders      int
+	rooms                 int     // -room, or with -rooms N > 1 the rooms ROOM-0 … ROOM-(N-1)
 	rate                  float64 // messages a second, all senders together
 	size                  int     // characters in a message's text
 	duration, drain, hold time.Duration
@@ -100,6 +107,7 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 	fs.StringVar(&o.room, "room", "general", "the room; any other than general is joined with join_room")
 	fs.StringVar(&o.peer, "peer", "chat", "the server: chat (this one), gorilla (gorilla/websocket's chat example) or socketio (Socket.IO's chat)")
 	fs.IntVar(&o.clients, "clients", 100, "clients in the room")
+	fs.IntVar(&o.rooms, "rooms", 1, "spread the clients over this many rooms, named after -room: general-0, general-1, … (client n in room n mod N)")
 	fs.IntVar(&o.senders, "senders", 10, "how many of the clients send")
 	fs.Float64Var(&o.rate, "rate", 100, "messages a second, all senders together")
 	fs.IntVar(&o.size, "size", 60, "characters in a message's text")
@@ -121,8 +129,12 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 		return nil, errors.New("-peer is chat, gorilla or socketio")
 	case o.peer != "chat" && (o.transport != "websocket" || o.room != "general"):
 		return nil, errors.New("-peer gorilla and socketio take WebSockets, and have only one room")
-	case !regexp.MustCompile(`^[\pL\p{Nd}._-]{1,32}$`).MatchString(o.room): // the server's rule; safe in JSON as it is
-		return nil, errors.New("-room is 1-32 letters, digits, '-', '_' or '.'")
+	case !regexp.MustCompile(`^[\pL\p{Nd}._-]{1,32}$`).MatchString(o.roomName(o.rooms - 1)): // the server's rule; safe in JSON as it is
+		return nil, errors.New("-room is 1-32 letters, digits, '-', '_' or '.' (with -rooms, its number too)")
+	case o.rooms < 1 || o.rooms > o.clients:
+		return nil, errors.New("-rooms is between 1 and -clients")
+	case o.rooms > 1 && o.peer != "chat":
+		return nil, errors.New("-rooms is for this server: the peers have one room")
 	case o.clients < 1 || o.clients > maxClients || o.idle < 0 || o.idle > maxClients:
 		return nil, fmt.Errorf("-clients and -idle are at most %d", maxClients)
 	case o.senders < 1 || o.senders > o.clients:
@@ -141,6 +153,14 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 		return nil, errors.New("clients × messages is too large to count: make the run smaller")
 	}
 	return o, nil
+}
+
+// roomName is the name of room k: -room itself when there is one room.
+func (o *options) roomName(k int) string {
+	if o.rooms <= 1 {
+		return o.room
+	}
+	return o.room + "-" + strconv.Itoa(k)
 }
 
 // run checks the target and the limits, then runs the load or the idle
@@ -213,8 +233,12 @@ func loopbackURL(ctx context.Context, raw string) (*url.URL, error) {
 // the clients and prints the report.
 func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
 	o := r.o
-	fmt.Fprintf(out, "bench: %s over %s, %d clients in room %s, %d senders, %g messages/s in total for %v, %d-character texts\n",
-		o.peer, o.transport, o.clients, o.room, o.senders, o.rate, o.duration, o.size)
+	where := "room " + o.room
+	if o.rooms > 1 {
+		where = fmt.Sprintf("%d rooms %s … %s", o.rooms, o.roomName(0), o.roomName(o.rooms-1))
+	}
+	fmt.Fprintf(out, "bench: %s over %s, %d clients in %s, %d senders, %g messages/s in total for %v, %d-character texts\n",
+		o.peer, o.transport, o.clients, where, o.senders, o.rate, o.duration, o.size)
 	receivers := r.connect(ctx, out)
 	defer r.closeAll()
 	if len(receivers) < o.senders {
@@ -225,15 +249,34 @@ func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
 
 	// The send window, then the drain: wait until every expected delivery
 	// has arrived, or a second passes without one, or -drain is over.
+	members := make([]int64, o.rooms) // the joined clients of each room
+	for _, c := range receivers {
+		members[c.room]++
+	}
+	senders := receivers[:o.senders]
+	r.senders.Store(&senders)
 	before := measure(o.serverPID)
 	start := time.Now().Add(50 * time.Millisecond) // so that every sender starts on time
-	var senders sync.WaitGroup
-	for i, c := range receivers[:o.senders] {
-		senders.Go(func() { r.sendLoop(ctx, c, i, start) })
+	var sending sync.WaitGroup
+	for i, c := range senders {
+		sending.Go(func() { r.sendLoop(ctx, c, i, start) })
 	}
-	senders.Wait()
+	sending.Wait()
 	windowEnd, inWindow := time.Now(), r.delivered.Load()
-	expected := func() int64 { return (r.sent.Load() - r.refused.Load()) * int64(len(receivers)) }
+	// Every message accepted reaches every member of its sender's room.
+	accepted := func() []int64 {
+		perRoom := make([]int64, o.rooms)
+		for _, s := range senders {
+			perRoom[s.room] += s.sent.Load() - s.refused.Load()
+		}
+		return perRoom
+	}
+	expected := func() (n int64) {
+		for k, a := range accepted() {
+			n += a * members[k]
+		}
+		return n
+	}
 	deadline, last, still := windowEnd.Add(o.drain), r.delivered.Load(), 0
 	for last < expected() && still < 10 && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(100 * time.Millisecond)
@@ -246,24 +289,29 @@ func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
 	after := measure(o.serverPID)
 	r.closeAll() // the clients' counters may be read once they have stopped
 
-	var received, dups int64
-	lossy := 0
+	var received, dups, strays int64
+	lossy, perRoom := 0, accepted()
 	for _, c := range receivers {
-		received, dups = received+c.received, dups+c.dups
-		if c.received*int64(len(receivers)) < expected() {
+		received, dups, strays = received+c.received, dups+c.dups, strays+c.strays
+		if c.received < perRoom[c.room] {
 			lossy++
 		}
 	}
 	want := expected()
 	fmt.Fprintf(out, "sent            %d messages (%d refused by the server, %d not sent); senders were at most %v late\n",
 		r.sent.Load(), r.refused.Load(), r.sendErrors.Load(), time.Duration(r.lag.Load()).Round(time.Microsecond))
-	fmt.Fprintf(out, "deliveries      expected %d (accepted × %d receivers), received %d\n", want, len(receivers), received)
-	fmt.Fprintf(out, "loss            %d (%.3f%%, %d clients missed some), duplicates %d\n",
-		want-received, 100*float64(want-received)/float64(max(want, 1)), lossy, dups)
+	if o.rooms > 1 {
+		fmt.Fprintf(out, "deliveries      expected %d (each accepted message × its room's members: %d clients in %d rooms), received %d\n",
+			want, len(receivers), o.rooms, received)
+	} else {
+		fmt.Fprintf(out, "deliveries      expected %d (accepted × %d receivers), received %d\n", want, len(receivers), received)
+	}
+	fmt.Fprintf(out, "loss            %d (%.3f%%, %d clients missed some), duplicates %d, from another room %d\n",
+		want-received, 100*float64(want-received)/float64(max(want, 1)), lossy, dups, strays)
 	if span := time.Unix(0, r.lastDelivery.Load()).Sub(start).Seconds(); span > 0 {
 		fmt.Fprintf(out, "throughput      %.0f deliveries/s from the first send to the last delivery (%.2fs); "+
 			"%.0f/s in the send window; target %.0f/s\n", float64(received)/span, span,
-			float64(inWindow)/windowEnd.Sub(start).Seconds(), o.rate*float64(len(receivers)))
+			float64(inWindow)/windowEnd.Sub(start).Seconds(), o.rate*float64(len(receivers))/float64(o.rooms))
 		fmt.Fprintf(out, "batching        %.1f messages per server write (WebSocket message or poll answer)\n",
 			float64(r.delivered.Load())/float64(max(r.batches.Load(), 1)))
 	}
