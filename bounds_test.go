@@ -260,6 +260,50 @@ func TestBoundJoinsOfFullRooms(t *testing.T) {
 	reader.waitFor("echo_response")
 }
 
+// TestBoundAnswerBudget: a session that has been pushed more than its byte
+// budget waits before its next event is handled, over both transports.
+// Re-joining a room full of 2,000-character messages answers each join
+// with its history twice (room_joined and the ack, about 420 KB); with a
+// budget of 64 KiB refilling at 1 MiB a second, five joins in one go take
+// at least (4 × 420 KB - 64 KiB) / 1 MiB/s, about 1.5 s. Without the
+// budget they take milliseconds.
+func TestBoundAnswerBudget(t *testing.T) {
+	t.Parallel()
+	_, ts := fullServer(t, strings.Repeat("x", maxText), func(c *config) {
+		c.AnswerRate, c.AnswerBurst = 1<<20, 64<<10
+	})
+	const joins, atLeast = 5, time.Second
+	batch := make([]string, joins)
+	for i := range batch {
+		batch[i] = fmt.Sprintf(`{"event":"join_room","data":{"room":"general"},"ack":%d}`, i+1)
+	}
+
+	ws := dial(t, ts, "")
+	ws.expect("room_joined")
+	start := time.Now()
+	ws.sendRaw("[" + strings.Join(batch, ",") + "]")
+	for i := range joins {
+		for {
+			e := ws.waitFor("ack")
+			if e.Ack == int64(i+1) {
+				break
+			}
+		}
+	}
+	if took := time.Since(start); took < atLeast {
+		t.Errorf("WebSocket: %d re-joins answered in %v, want at least %v (the budget)", joins, took, atLeast)
+	}
+	ws.emit("echo_message", "still here", 0)
+	ws.waitFor("echo_response")
+
+	poll := pollJoined(t, ts, "")
+	start = time.Now()
+	poll.post(batch...) // the POST returns once every event is handled
+	if took := time.Since(start); took < atLeast {
+		t.Errorf("long-poll: a POST of %d re-joins answered in %v, want at least %v (the budget)", joins, took, atLeast)
+	}
+}
+
 // TestBoundHeaderBytes: the real program refuses a request whose header is
 // larger than 16 KiB (net/http would read 1 MB).
 func TestBoundHeaderBytes(t *testing.T) {

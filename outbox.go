@@ -109,6 +109,7 @@ func (s *session) pushEvent(e outEvent) {
 	e.seq = s.lastSeq
 	s.outbox = append(s.outbox, e)
 	s.outboxBytes += e.size()
+	s.spend(e.size())
 	// Keep the last cfg.Outbox events, and of those no more than
 	// outboxLimit: past that, the oldest sent ones go even if there are
 	// fewer (a resume from before them then starts a new session).
@@ -173,19 +174,76 @@ func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int
 // each refused by the rate limit and answered; a join_room answered with a
 // room's whole history, twice) must not fall behind on its own answers and
 // be dropped as too slow. Like TCP's flow control, the client is slowed to
-// the pace at which it reads. It waits at most writeWait, or until done: a
+// the pace at which it reads. It also waits while the session has spent its
+// byte budget (overspent). It waits at most writeWait, or until done: a
 // client that does not read at all is the slow-reader rule's business.
 func (s *session) catchUp(done <-chan struct{}) {
 	deadline := time.NewTimer(writeWait)
 	defer deadline.Stop()
-	for s.farBehind() {
+	for {
+		refill := s.overspent()
+		if refill == 0 && !s.farBehind() {
+			return
+		}
+		var refilled <-chan time.Time
+		if refill > 0 {
+			refilled = time.After(refill)
+		}
 		select {
 		case <-s.progress:
+		case <-refilled:
 		case <-done:
 			return
 		case <-deadline.C:
 			return
 		}
+	}
+}
+
+// The byte budget. A client that reads promptly is never too slow, but
+// what it asks for still costs the server the writing: a join_room of a
+// room full of long messages is answered with megabytes, and ten clients
+// re-joining one at their rate limit had the server write hundreds of
+// megabytes a second, and everyone else wait. So every byte pushed to a
+// session spends its budget, which refills at cfg.AnswerRate bytes a second
+// up to cfg.AnswerBurst; while it is spent, the session's next event waits
+// (catchUp; a long-poll POST, waitBudget). Nothing is refused, and what the
+// client is sent is never held back: only what it asks for next waits.
+// Ordinary chat, even in a busy room, stays far below the rate.
+
+// spend takes n bytes from the budget. outboxMu is held.
+func (s *session) spend(n int) {
+	now := time.Now()
+	rate := float64(s.srv.cfg.AnswerRate)
+	s.budget = min(float64(s.srv.cfg.AnswerBurst), s.budget+now.Sub(s.budgetAt).Seconds()*rate) - float64(n)
+	s.budgetAt = now
+}
+
+// overspent returns how long until the budget is no longer spent: 0 if it
+// is not.
+func (s *session) overspent() time.Duration {
+	s.outboxMu.Lock()
+	defer s.outboxMu.Unlock()
+	s.spend(0)
+	if s.budget >= 0 {
+		return 0
+	}
+	return time.Duration(-s.budget / float64(s.srv.cfg.AnswerRate) * float64(time.Second))
+}
+
+// waitBudget is catchUp for a long-poll POST: it waits only for the budget
+// (the client may read its answers only after this POST), at most
+// writeWait, or until done.
+func (s *session) waitBudget(done <-chan struct{}) {
+	refill := min(s.overspent(), writeWait)
+	if refill == 0 {
+		return
+	}
+	t := time.NewTimer(refill)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-done:
 	}
 }
 

@@ -102,6 +102,7 @@ func (srv *server) servePollSend(w http.ResponseWriter, r *http.Request) {
 	// The answers (acks, errors) go into the outbox like every event: the
 	// client reads them with its next GET. The POST itself answers 204.
 	for i, raw := range list {
+		s.waitBudget(r.Context().Done())
 		if srv.handle(s, raw) {
 			continue
 		}

@@ -59,6 +59,8 @@ type config struct {
 	PingEvery     time.Duration  // how often the server pings a WebSocket (30 s)
 	PongWait      time.Duration  // how long a ping waits for its pong (10 s); shorter than PingEvery
 	MaxIdleRooms  int            // rooms kept with history but no members (1,000)
+	AnswerRate    int            // bytes a second pushed to a session before its own events wait (2 MiB; outbox.go)
+	AnswerBurst   int            // the bytes it may have pushed at once (8 MiB)
 	Metrics       bool           // serve GET /metrics, for Prometheus (off)
 	Logger        *slog.Logger
 }
@@ -79,6 +81,8 @@ func defaultConfig() config {
 		PingEvery:     30 * time.Second,
 		PongWait:      10 * time.Second,
 		MaxIdleRooms:  1000,
+		AnswerRate:    2 << 20,
+		AnswerBurst:   8 << 20,
 		Logger:        slog.Default(),
 	}
 }

@@ -61,6 +61,8 @@ type session struct {
 	// counts from here.
 	delivered int64
 	progress  bell      // delivered has grown: for catchUp
+	budget    float64   // bytes the session may still be pushed before its events wait (catchUp)
+	budgetAt  time.Time // when budget was last brought up to date
 	slow      bool      // fell more than cfg.Outbox events behind
 	transport transport // nil while detached
 }
@@ -110,6 +112,8 @@ func (srv *server) openSession(wanted, addr string, t transport) (*session, erro
 		rate:   bucket{tokens: float64(srv.cfg.Burst), at: time.Now()},
 
 		progress: newBell(),
+		budget:   float64(srv.cfg.AnswerBurst),
+		budgetAt: time.Now(),
 	}
 	name, err := validUsername(wanted)
 	if err != nil || srv.names[foldName(name)] != nil {
