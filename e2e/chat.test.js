@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, test } from 'node:test'
 import {
-  buildServer, connected, countMessages, eventually, launchBrowser, message, messageBox,
+  buildServer, connected, countMessages, eventually, launchBrowser, message, messageBox, nothingWentWrong,
   openChat, openPage, outage, phone, postForm, screenshot, send, startProxy, startServer, waitForMessage,
 } from './helpers.js'
 
@@ -29,15 +29,6 @@ async function serve(t, options) {
   const server = await startServer(build.binary, options)
   t.after(() => server.stop())
   return server
-}
-
-// nothingWentWrong checks that no page showed a dialog, threw or logged an
-// error (a refusal by its Content-Security-Policy, a failed request).
-function nothingWentWrong(...pages) {
-  for (const page of pages) {
-    assert.deepEqual(page.dialogs, [], 'dialogs')
-    assert.deepEqual(page.problems, [], 'script errors and console errors')
-  }
 }
 
 const online = page => page.locator('#online li').allTextContents()

@@ -1,5 +1,6 @@
 // Helpers of the browser tests: build and run the real server, launch
 // Debian's Chromium, and open the chat as a named person.
+import assert from 'node:assert/strict'
 import { execFile, spawn } from 'node:child_process'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { connect, createServer } from 'node:net'
@@ -190,6 +191,15 @@ export async function openChat(t, browser, server, name, { viewport = desktop, q
 // given transport if one is named.
 export async function connected(page, transport = '') {
   await page.locator('#status', { hasText: `Connected over ${transport}` }).waitFor()
+}
+
+// nothingWentWrong checks that no page showed a dialog, threw or logged an
+// error (a refusal by its Content-Security-Policy, a failed request).
+export function nothingWentWrong(...pages) {
+  for (const page of pages) {
+    assert.deepEqual(page.dialogs, [], 'dialogs')
+    assert.deepEqual(page.problems, [], 'script errors and console errors')
+  }
 }
 
 export function messageBox(page) {
