@@ -19,7 +19,10 @@ var indexHTML string
 
 // page is index.html, rendered with the latest messages of general so that
 // it reads with JavaScript turned off. clock writes a message's time for
-// that JavaScript-free reader; the script rewrites it in local time.
+// that JavaScript-free reader, in UTC and saying so: only the browser knows
+// the reader's time zone. The page's script rewrites the text of every
+// <time datetime> in the reader's zone and language, the same way for
+// these messages as for live ones.
 // html/template leaves out the comments of index.html as it renders it:
 // they are for the reader of the source, not sent with every page.
 var page = template.Must(template.New("index.html").Funcs(template.FuncMap{

@@ -49,7 +49,8 @@ test('two people chat both ways, with times and the online list', { timeout: 60_
   const received = message(bob, 'hello bob')
   assert.equal(await received.locator('.author').textContent(), 'alice')
   assert.match(await received.locator('time').getAttribute('datetime'), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
-  assert.match(await received.locator('time').textContent(), /\d?\d[:.]\d\d/)
+  // The time of day in the reader's language: 9:05 AM, not 09:05 AM.
+  assert.match(await received.locator('time').textContent(), /^[1-9]\d?[:.]\d\d( [AP]M)?$/)
   assert.equal(await message(alice, 'hello bob').getAttribute('class'), 'message mine')
   assert.equal(await received.getAttribute('class'), 'message')
 
@@ -465,6 +466,8 @@ test('without JavaScript the page shows the latest messages and its form posts o
   const page = await openPage(t, browser, server.url, { javaScriptEnabled: false })
   await waitForMessage(page, 'posted by <b>curl</b>')
   assert.match(await page.locator('#status').textContent(), /Without JavaScript/)
+  // Nothing can know the reader's time zone without a script: UTC, said so.
+  assert.match(await message(page, 'posted by <b>curl</b>').locator('time').textContent(), /^\d{1,2} [A-Z][a-z]{2} \d\d:\d\d UTC$/)
   await page.getByLabel('Username').fill('nojs')
   await messageBox(page).fill('sent without JavaScript')
   await page.getByRole('button', { name: 'Send' }).click()
@@ -482,9 +485,15 @@ test('without JavaScript the page shows the latest messages and its form posts o
 
 test('a first visit asks for a name; the about page says what this is', { timeout: 60_000 }, async t => {
   const server = await serve(t)
+  assert.equal(await postForm(server, 'curl', 'posted before you came'), 303)
   const page = await openPage(t, browser, server.url, { viewport: phone })
   await page.locator('#name-hint', { hasText: 'Choose a name' }).waitFor()
   assert.equal(await page.locator('#status').textContent(), 'Not connected')
+  // Not connected yet, the page shows the messages the server rendered,
+  // their times written in the reader's zone like those of live ones.
+  const time = message(page, 'posted before you came').locator('time')
+  assert.match(await time.textContent(), /^[1-9]\d?[:.]\d\d( [AP]M)?$/)
+  assert.ok(await time.getAttribute('title'))
   await screenshot(page, 'phone-first-visit')
   await page.getByRole('link', { name: 'About' }).click()
   await page.getByRole('heading', { name: 'About this chat' }).waitFor()
