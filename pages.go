@@ -114,6 +114,8 @@ when the server is started with <code>-data</code>.</p>
 where WebSockets are blocked (the page falls back to it by itself; add
 <code>?transport=polling</code> to the page's address to force it).</li>
 </ul>
+<p>The page's status says <em>Connected</em> on a WebSocket and <em>Connected
+(slower connection mode)</em> on long-polling; its tooltip names the transport.</p>
 <p>Without JavaScript, the page shows the latest messages and its form posts to
 <code>POST /send_message</code>; <code>GET /messages?room=general</code> gives a
 room's history as JSON.</p>

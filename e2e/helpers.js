@@ -188,9 +188,11 @@ export async function openChat(t, browser, server, name, { viewport = desktop, q
 }
 
 // connected waits until the status says the page is connected, over the
-// given transport if one is named.
+// given transport if one is named: 'websocket' or 'polling', as the page
+// writes in the status's data-transport (its text is in plain words).
 export async function connected(page, transport = '') {
-  await page.locator('#status', { hasText: `Connected over ${transport}` }).waitFor()
+  const over = transport ? `[data-transport="${transport}"]` : ''
+  await page.locator(`#status[data-state="connected"]${over}`).waitFor()
 }
 
 // nothingWentWrong checks that no page showed a dialog, threw or logged an
