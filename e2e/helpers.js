@@ -125,7 +125,9 @@ export function launchBrowser() {
 // a failed attempt to connect during an outage (see outage).
 // With E2E_TRACES=folder, a Playwright trace of each context is kept there.
 export async function openPage(t, browser, url, { viewport = desktop, javaScriptEnabled = true } = {}) {
-  const context = await browser.newContext({ viewport, javaScriptEnabled })
+  // A phone has a touch screen: the page's (hover: hover) and (pointer: fine)
+  // media queries then answer as on a real one.
+  const context = await browser.newContext({ viewport, javaScriptEnabled, hasTouch: viewport === phone })
   const trace = process.env.E2E_TRACES && join(process.env.E2E_TRACES, `${t.name.replace(/\W+/g, '-')}-${++traces}.zip`)
   if (trace) await context.tracing.start()
   t.after(async () => {
