@@ -133,5 +133,14 @@ test('screenshots: a phone and a desktop, light and dark', { timeout: 60_000 }, 
   await bob.getByLabel('Username').press('Enter')
   await bob.getByRole('button', { name: 'Change name: robert' }).waitFor()
   assert.equal(await bob.getByLabel('Username').isVisible(), false)
+
+  // In another room, the menu button counts what is unread elsewhere.
+  await bob.getByRole('button', { name: 'Rooms and people' }).click()
+  await bob.getByLabel('Room', { exact: true }).fill('random')
+  await bob.getByLabel('Room', { exact: true }).press('Enter')
+  await bob.getByRole('button', { name: 'Leave #random' }).waitFor()
+  await send(alice, 'lunch at noon?')
+  await bob.getByRole('button', { name: 'Rooms and people (1 unread)' }).waitFor()
+  await screenshot(bob, 'phone-light-unread')
   nothingWentWrong(alice, bob)
 })
