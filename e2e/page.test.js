@@ -68,6 +68,12 @@ test('an accessibility audit finds nothing serious, on a desktop and on a phone,
       if (violations.length > 0) t.diagnostic(`${name} ${colorScheme}: ${JSON.stringify(violations)}`)
       assert.deepEqual(violations.filter(v => v.impact === 'serious' || v.impact === 'critical'), [], `${name} ${colorScheme}`)
     }
+    // The phone's sidebar, with the menu open.
+    await bob.getByRole('button', { name: 'Rooms and people' }).click()
+    const violations = await audit(bob)
+    if (violations.length > 0) t.diagnostic(`phone menu ${colorScheme}: ${JSON.stringify(violations)}`)
+    assert.deepEqual(violations.filter(v => v.impact === 'serious' || v.impact === 'critical'), [], `phone menu ${colorScheme}`)
+    await bob.getByRole('button', { name: 'Rooms and people' }).click()
   }
   nothingWentWrong(alice, bob)
 })
