@@ -19,7 +19,10 @@ var indexHTML string
 
 // page is index.html, rendered with the latest messages of general so that
 // it reads with JavaScript turned off. clock writes a message's time for
-// that JavaScript-free reader; the script rewrites it in local time.
+// that JavaScript-free reader, in UTC and saying so: only the browser knows
+// the reader's time zone. The page's script rewrites the text of every
+// <time datetime> in the reader's zone and language, the same way for
+// these messages as for live ones.
 // html/template leaves out the comments of index.html as it renders it:
 // they are for the reader of the source, not sent with every page.
 var page = template.Must(template.New("index.html").Funcs(template.FuncMap{
@@ -111,6 +114,8 @@ when the server is started with <code>-data</code>.</p>
 where WebSockets are blocked (the page falls back to it by itself; add
 <code>?transport=polling</code> to the page's address to force it).</li>
 </ul>
+<p>The page's status says <em>Connected</em> on a WebSocket and <em>Connected
+(slower connection mode)</em> on long-polling; its tooltip names the transport.</p>
 <p>Without JavaScript, the page shows the latest messages and its form posts to
 <code>POST /send_message</code>; <code>GET /messages?room=general</code> gives a
 room's history as JSON.</p>

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, test } from 'node:test'
 import {
-  buildServer, connected, countMessages, eventually, launchBrowser, message, messageBox,
+  buildServer, connected, countMessages, eventually, launchBrowser, message, messageBox, nothingWentWrong,
   openChat, openPage, outage, phone, postForm, screenshot, send, startProxy, startServer, waitForMessage,
 } from './helpers.js'
 
@@ -31,15 +31,6 @@ async function serve(t, options) {
   return server
 }
 
-// nothingWentWrong checks that no page showed a dialog, threw or logged an
-// error (a refusal by its Content-Security-Policy, a failed request).
-function nothingWentWrong(...pages) {
-  for (const page of pages) {
-    assert.deepEqual(page.dialogs, [], 'dialogs')
-    assert.deepEqual(page.problems, [], 'script errors and console errors')
-  }
-}
-
 const online = page => page.locator('#online li').allTextContents()
 const systemLines = page => page.locator('.log .system').allTextContents()
 
@@ -47,7 +38,7 @@ test('two people chat both ways, with times and the online list', { timeout: 60_
   const server = await serve(t)
   const alice = await openChat(t, browser, server, 'alice')
   const bob = await openChat(t, browser, server, 'bob', { viewport: phone })
-  await connected(alice, 'WebSocket')
+  await connected(alice, 'websocket')
 
   await send(alice, 'hello bob')
   await waitForMessage(bob, 'hello bob')
@@ -58,7 +49,8 @@ test('two people chat both ways, with times and the online list', { timeout: 60_
   const received = message(bob, 'hello bob')
   assert.equal(await received.locator('.author').textContent(), 'alice')
   assert.match(await received.locator('time').getAttribute('datetime'), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
-  assert.match(await received.locator('time').textContent(), /\d?\d[:.]\d\d/)
+  // The time of day in the reader's language: 9:05 AM, not 09:05 AM.
+  assert.match(await received.locator('time').textContent(), /^[1-9]\d?[:.]\d\d( [AP]M)?$/)
   assert.equal(await message(alice, 'hello bob').getAttribute('class'), 'message mine')
   assert.equal(await received.getAttribute('class'), 'message')
 
@@ -83,8 +75,13 @@ test('a page forced to long-polling chats with one on a WebSocket', { timeout: 6
   const server = await serve(t)
   const alice = await openChat(t, browser, server, 'alice', { query: '?transport=polling' })
   const bob = await openChat(t, browser, server, 'bob')
-  await connected(alice, 'long-polling')
-  await connected(bob, 'WebSocket')
+  await connected(alice, 'polling')
+  await connected(bob, 'websocket')
+  // The status is in plain words; the transport is in its tooltip.
+  assert.equal(await alice.locator('#status').textContent(), 'Connected (slower connection mode)')
+  assert.match(await alice.locator('#status').getAttribute('title'), /long-polling/)
+  assert.equal(await bob.locator('#status').textContent(), 'Connected')
+  assert.match(await bob.locator('#status').getAttribute('title'), /WebSocket/)
 
   await send(alice, 'sent over long-polling')
   await waitForMessage(bob, 'sent over long-polling')
@@ -234,7 +231,7 @@ test('a reload keeps the session: nobody sees the user leave and come back', { t
   const before = await sid()
 
   await alice.reload()
-  await connected(alice, 'WebSocket')
+  await connected(alice, 'websocket')
   await waitForMessage(alice, 'before the reload') // the history is back
   assert.equal(await sid(), before)
   assert.equal(await alice.getByLabel('Username').inputValue(), 'alice')
@@ -267,8 +264,8 @@ test('after the server restarts, pages reconnect and a message typed offline arr
   // The same port, an empty server: the sessions are gone, so the pages
   // start new ones and join again; the queued message goes out once.
   server = await serve(t, { port: server.port })
-  await connected(alice, 'WebSocket')
-  await connected(bob, 'WebSocket')
+  await connected(alice, 'websocket')
+  await connected(bob, 'websocket')
   over()
   await waitForMessage(bob, 'typed while offline')
   await alice.locator('.message.pending').waitFor({ state: 'detached' })
@@ -303,8 +300,8 @@ test('with -data, a restart keeps the conversation: each page shows it once, and
   // The same port and the same directory: the history is back, the
   // sessions are not; the pages join again asking only for what they miss.
   server = await serve(t, { port: server.port, args: ['-data', dir] })
-  await connected(alice, 'WebSocket')
-  await connected(bob, 'WebSocket')
+  await connected(alice, 'websocket')
+  await connected(bob, 'websocket')
   over()
   await waitForMessage(alice, 'typed while the server was down')
   await bob.locator('.message.pending').waitFor({ state: 'detached' })
@@ -344,7 +341,7 @@ test('the network drops: the page says so, resumes its session and misses nothin
   // Within the grace period the session is still there: resumed, the
   // server sends alice what she missed, and to bob she never left.
   network.restore()
-  await connected(alice, 'WebSocket')
+  await connected(alice, 'websocket')
   over()
   await waitForMessage(alice, 'while alice was away')
   await waitForMessage(bob, 'typed during the drop')
@@ -370,9 +367,9 @@ test('where WebSockets are blocked, the page falls back to long-polling by itsel
   const alice = await openChat(t, browser, refusing, 'alice')
   const carol = await openChat(t, browser, hanging, 'carol')
   const bob = await openChat(t, browser, server, 'bob')
-  await connected(alice, 'long-polling')
-  await connected(carol, 'long-polling')
-  await connected(bob, 'WebSocket')
+  await connected(alice, 'polling')
+  await connected(carol, 'polling')
+  await connected(bob, 'websocket')
   // Chromium logs the handshake that alice's network dropped, as an error
   // (carol's, which timed out, only as a warning): that is what this tests.
   await eventually(() => assert.match(alice.problems.join('\n'),
@@ -399,13 +396,13 @@ test('a second tab with the same session takes it over; the first says so', { ti
     localStorage.setItem('chat.username', name)
   }, ['alice', session])
   await second.goto(server.url)
-  await connected(second, 'WebSocket')
+  await connected(second, 'websocket')
 
   await first.locator('#status', { hasText: 'another tab' }).waitFor()
   await screenshot(first, 'desktop-replaced')
   // It does not take the session back by itself; asked to, it starts a new one.
   await first.getByRole('button', { name: 'Start a new session here' }).click()
-  await connected(first, 'WebSocket')
+  await connected(first, 'websocket')
   await first.locator('#name-error', { hasText: /you are guest-\d{4}/ }).waitFor()
   await send(second, 'still alice here')
   await waitForMessage(first, 'still alice here')
@@ -474,6 +471,8 @@ test('without JavaScript the page shows the latest messages and its form posts o
   const page = await openPage(t, browser, server.url, { javaScriptEnabled: false })
   await waitForMessage(page, 'posted by <b>curl</b>')
   assert.match(await page.locator('#status').textContent(), /Without JavaScript/)
+  // Nothing can know the reader's time zone without a script: UTC, said so.
+  assert.match(await message(page, 'posted by <b>curl</b>').locator('time').textContent(), /^\d{1,2} [A-Z][a-z]{2} \d\d:\d\d UTC$/)
   await page.getByLabel('Username').fill('nojs')
   await messageBox(page).fill('sent without JavaScript')
   await page.getByRole('button', { name: 'Send' }).click()
@@ -491,9 +490,15 @@ test('without JavaScript the page shows the latest messages and its form posts o
 
 test('a first visit asks for a name; the about page says what this is', { timeout: 60_000 }, async t => {
   const server = await serve(t)
+  assert.equal(await postForm(server, 'curl', 'posted before you came'), 303)
   const page = await openPage(t, browser, server.url, { viewport: phone })
   await page.locator('#name-hint', { hasText: 'Choose a name' }).waitFor()
   assert.equal(await page.locator('#status').textContent(), 'Not connected')
+  // Not connected yet, the page shows the messages the server rendered,
+  // their times written in the reader's zone like those of live ones.
+  const time = message(page, 'posted before you came').locator('time')
+  assert.match(await time.textContent(), /^[1-9]\d?[:.]\d\d( [AP]M)?$/)
+  assert.ok(await time.getAttribute('title'))
   await screenshot(page, 'phone-first-visit')
   await page.getByRole('link', { name: 'About' }).click()
   await page.getByRole('heading', { name: 'About this chat' }).waitFor()

@@ -1,5 +1,6 @@
 // Helpers of the browser tests: build and run the real server, launch
 // Debian's Chromium, and open the chat as a named person.
+import assert from 'node:assert/strict'
 import { execFile, spawn } from 'node:child_process'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { connect, createServer } from 'node:net'
@@ -124,7 +125,9 @@ export function launchBrowser() {
 // a failed attempt to connect during an outage (see outage).
 // With E2E_TRACES=folder, a Playwright trace of each context is kept there.
 export async function openPage(t, browser, url, { viewport = desktop, javaScriptEnabled = true } = {}) {
-  const context = await browser.newContext({ viewport, javaScriptEnabled })
+  // A phone has a touch screen: the page's (hover: hover) and (pointer: fine)
+  // media queries then answer as on a real one.
+  const context = await browser.newContext({ viewport, javaScriptEnabled, hasTouch: viewport === phone })
   const trace = process.env.E2E_TRACES && join(process.env.E2E_TRACES, `${t.name.replace(/\W+/g, '-')}-${++traces}.zip`)
   if (trace) await context.tracing.start()
   t.after(async () => {
@@ -187,9 +190,20 @@ export async function openChat(t, browser, server, name, { viewport = desktop, q
 }
 
 // connected waits until the status says the page is connected, over the
-// given transport if one is named.
+// given transport if one is named: 'websocket' or 'polling', as the page
+// writes in the status's data-transport (its text is in plain words).
 export async function connected(page, transport = '') {
-  await page.locator('#status', { hasText: `Connected over ${transport}` }).waitFor()
+  const over = transport ? `[data-transport="${transport}"]` : ''
+  await page.locator(`#status[data-state="connected"]${over}`).waitFor()
+}
+
+// nothingWentWrong checks that no page showed a dialog, threw or logged an
+// error (a refusal by its Content-Security-Policy, a failed request).
+export function nothingWentWrong(...pages) {
+  for (const page of pages) {
+    assert.deepEqual(page.dialogs, [], 'dialogs')
+    assert.deepEqual(page.problems, [], 'script errors and console errors')
+  }
 }
 
 export function messageBox(page) {
