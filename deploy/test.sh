@@ -10,9 +10,12 @@
 # logs and temp files in a temp dir), Caddy's is imported after global
 # options (ports, its own local CA instead of Let's Encrypt, no admin
 # endpoint). The host name stays chat.example.com: the client dials the
-# proxy on loopback and sends that name, as a browser would.
+# proxy on loopback and sends that name, as a browser would. Meanwhile a
+# real browser (e2e/proxy.test.js: Chromium, told that chat.example.com is
+# nginx's address) chats through nginx.
 #
-# Installs nginx, caddy and openssl if they are missing (Debian). Prints a
+# Installs nginx, caddy, openssl, Chromium and Node.js if they are missing
+# (Debian), and e2e's npm packages. Prints a
 # PASS or FAIL line per check, ends with "proxy: N passed, M failed", and
 # exits 1 if anything failed. About 80 s: one WebSocket stays idle 65 s.
 set -euo pipefail
@@ -24,6 +27,8 @@ missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 command -v caddy >/dev/null || missing+=(caddy)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v npm >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -46,6 +51,7 @@ fail() { echo "FAIL $1"; failed=$((failed + 1)); }
 echo "== building the server and the test client"
 go build -o "$tmp/chat" .
 (cd deploy/proxytest && go build -o "$tmp/proxytest" .)
+[ -d e2e/node_modules/playwright-core ] || (cd e2e && npm ci --no-audit --no-fund >/dev/null)
 
 # One certificate for chat.example.com, which the client trusts (nginx).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -175,6 +181,9 @@ nginx_test=$!
 "$tmp/proxytest" -name caddy -https "127.0.0.1:$caddy_https" -http "127.0.0.1:$caddy_http" \
   -ca "$ca" -poll-timeout 5s -idle 65s >"$tmp/caddy.out" 2>&1 &
 caddy_test=$!
+# Meanwhile, the page in a browser through nginx (e2e/proxy.test.js).
+CHAT_PROXY_HTTPS="127.0.0.1:$nginx_https" timeout 120 node --test e2e/proxy.test.js >"$tmp/browser.out" 2>&1 &
+browser_test=$!
 for p in nginx caddy; do
   pid_var=${p}_test
   rc=0
@@ -186,6 +195,15 @@ for p in nginx caddy; do
     fail "$p: the test client exited $rc: $(tail -3 "$tmp/$p.out")"
   fi
 done
+
+rc=0
+wait "$browser_test" || rc=$?
+if ((rc == 0)) && grep -q '^# pass 1$' "$tmp/browser.out"; then
+  pass "nginx: the page in Chromium over https: two people chat over wss"
+else
+  fail "nginx: the page in Chromium over https (exit $rc):"
+  grep -E '^not ok|error:|Error|expected|actual' "$tmp/browser.out" | head -20 || true
+fi
 
 if ((failed)); then
   for f in nginx-error.log caddy.log nginx-server.log caddy-server.log; do
