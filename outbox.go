@@ -107,9 +107,10 @@ func (s *session) pushEvent(e outEvent) {
 	}
 	s.lastSeq++
 	e.seq = s.lastSeq
+	size := e.size()
 	s.outbox = append(s.outbox, e)
-	s.outboxBytes += e.size()
-	s.spend(e.size())
+	s.outboxBytes += size
+	s.pushedBytes += size // spends the budget (overspent)
 	// Keep the last cfg.Outbox events, and of those no more than
 	// outboxLimit: past that, the oldest sent ones go even if there are
 	// fewer (a resume from before them then starts a new session).
@@ -211,20 +212,18 @@ func (s *session) catchUp(done <-chan struct{}) {
 // client is sent is never held back: only what it asks for next waits.
 // Ordinary chat, even in a busy room, stays far below the rate.
 
-// spend takes n bytes from the budget. outboxMu is held.
-func (s *session) spend(n int) {
-	now := time.Now()
-	rate := float64(s.srv.cfg.AnswerRate)
-	s.budget = min(float64(s.srv.cfg.AnswerBurst), s.budget+now.Sub(s.budgetAt).Seconds()*rate) - float64(n)
-	s.budgetAt = now
-}
-
-// overspent returns how long until the budget is no longer spent: 0 if it
-// is not.
+// overspent brings the budget up to date, refilled for the time since it
+// last was and spent by the bytes pushed since (push only counts them: no
+// clock on the fan-out's path), and returns how long until it is no longer
+// spent: 0 if it is not.
 func (s *session) overspent() time.Duration {
 	s.outboxMu.Lock()
 	defer s.outboxMu.Unlock()
-	s.spend(0)
+	now := time.Now()
+	rate := float64(s.srv.cfg.AnswerRate)
+	refilled := s.budget + now.Sub(s.budgetAt).Seconds()*rate
+	s.budget = min(float64(s.srv.cfg.AnswerBurst), refilled) - float64(s.pushedBytes-s.budgetPushed)
+	s.budgetAt, s.budgetPushed = now, s.pushedBytes
 	if s.budget >= 0 {
 		return 0
 	}

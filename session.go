@@ -59,12 +59,14 @@ type session struct {
 	// it is on its way. For a WebSocket, what the writer has written; for
 	// a long-poll, the `after` of the latest GET. The slow-reader rule
 	// counts from here.
-	delivered int64
-	progress  bell      // delivered has grown: for catchUp
-	budget    float64   // bytes the session may still be pushed before its events wait (catchUp)
-	budgetAt  time.Time // when budget was last brought up to date
-	slow      bool      // fell more than cfg.Outbox events behind
-	transport transport // nil while detached
+	delivered    int64
+	progress     bell      // delivered has grown: for catchUp
+	pushedBytes  int       // bytes of every event pushed, ever
+	budget       float64   // bytes the session may still be pushed before its events wait (catchUp)
+	budgetAt     time.Time // when budget was last brought up to date (overspent)
+	budgetPushed int       // pushedBytes then
+	slow         bool      // fell more than cfg.Outbox events behind
+	transport    transport // nil while detached
 }
 
 // Why a session cannot be opened or resumed.
