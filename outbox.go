@@ -14,7 +14,9 @@
 // transport is closed (1008, "too slow") and its session ends, instead of
 // the server holding its events for ever. A client's own flood of events
 // slows it instead (catchUp), like TCP's flow control, so that only a
-// client that does not read is dropped.
+// client that does not read is dropped; and so does a client that has
+// asked for more bytes than its budget (a room's whole history, again and
+// again).
 package main
 
 import (
