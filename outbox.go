@@ -110,15 +110,17 @@ func (s *session) pushEvent(e outEvent) {
 	s.lastSeq++
 	e.seq = s.lastSeq
 	size := e.size()
-	s.outbox = append(s.outbox, e)
-	s.outboxBytes += size
-	s.pushedBytes += size // spends the budget (overspent)
 	// Keep the last cfg.Outbox events, and of those no more than
 	// outboxLimit: past that, the oldest sent ones go even if there are
 	// fewer (a resume from before them then starts a new session).
-	for len(s.outbox) > s.srv.cfg.Outbox || s.outboxBytes > s.srv.outboxLimit && s.outbox[0].seq <= s.delivered {
-		s.outboxBytes -= s.outbox[0].size()
-		s.outbox = s.outbox[1:]
+	if s.outbox.len() == s.srv.cfg.Outbox {
+		s.outboxBytes -= s.outbox.drop().size()
+	}
+	s.outbox.add(e)
+	s.outboxBytes += size
+	s.pushedBytes += size // spends the budget (overspent)
+	for s.outboxBytes > s.srv.outboxLimit && s.outbox.at(0).seq <= s.delivered {
+		s.outboxBytes -= s.outbox.drop().size()
 	}
 	if s.lastSeq-s.delivered > int64(s.srv.cfg.Outbox) || s.outboxBytes > s.srv.outboxLimit {
 		s.slow = true
@@ -153,18 +155,18 @@ func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int
 	s.outboxMu.Lock()
 	defer s.outboxMu.Unlock()
 	n := int(s.lastSeq - after)
-	if n > len(s.outbox) {
+	if n > s.outbox.len() {
 		n = 0
 	}
 	array = array || n > 1
 	if array {
 		buf = append(buf, '[')
 	}
-	for i, e := range s.outbox[len(s.outbox)-n:] {
-		if i > 0 {
+	for i := s.outbox.len() - n; i < s.outbox.len(); i++ {
+		if i > s.outbox.len()-n {
 			buf = append(buf, ',')
 		}
-		buf = e.append(buf)
+		buf = s.outbox.at(i).append(buf)
 	}
 	if array {
 		buf = append(buf, ']')
@@ -260,8 +262,8 @@ func (s *session) farBehind() bool {
 		return true
 	}
 	bytes := 0
-	for _, e := range s.outbox[max(0, len(s.outbox)-int(n)):] {
-		bytes += e.size()
+	for i := max(0, s.outbox.len()-int(n)); i < s.outbox.len(); i++ {
+		bytes += s.outbox.at(i).size()
 	}
 	return bytes > s.srv.outboxLimit/4
 }

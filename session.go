@@ -52,9 +52,9 @@ type session struct {
 	// outboxMu guards the outbox and the transport reading it (the top
 	// of this file says why it is a lock of its own).
 	outboxMu    sync.Mutex
-	outbox      []outEvent // the last cfg.Outbox events, by seq
-	outboxBytes int        // the bytes they would take to send, at most srv.outboxLimit
-	lastSeq     int64      // seq of the newest event; 0 before the first
+	outbox      eventRing // the last cfg.Outbox events, by seq
+	outboxBytes int       // the bytes they would take to send, at most srv.outboxLimit
+	lastSeq     int64     // seq of the newest event; 0 before the first
 	// delivered: the client has every event up to this seq, or at least
 	// it is on its way. For a WebSocket, what the writer has written; for
 	// a long-poll, the `after` of the latest GET. The slow-reader rule
@@ -180,7 +180,7 @@ func (srv *server) attach(s *session, t transport, after int64) error {
 	switch {
 	case after > s.lastSeq:
 		return errCursorAhead
-	case s.ended || s.slow || after < s.lastSeq-int64(len(s.outbox)):
+	case s.ended || s.slow || after < s.lastSeq-int64(s.outbox.len()):
 		return errUnknownSession
 	}
 	if s.transport != nil && s.transport != t {
@@ -271,7 +271,7 @@ func (srv *server) endSession(s *session, why endReason) {
 		s.transport.stop(closeEnded)
 		s.transport = nil
 	}
-	s.outbox = nil
+	s.outbox = eventRing{}
 	s.outboxMu.Unlock()
 	srv.log.Debug("session ended", "user", s.name, "why", why)
 }

@@ -17,6 +17,7 @@
 //   - usersList and historyList: a room's users list and history are
 //     encoded once and shared by every joiner's room_joined, instead of
 //     copied into each joiner's outbox.
+//   - eventRing: an outbox reuses its array as events come and go.
 package main
 
 import (
@@ -264,4 +265,43 @@ func (h *historyList) since(history []entry, since int64) [][]byte {
 		return nil
 	}
 	return h.parts[2*i:]
+}
+
+// eventRing is an outbox's events, oldest first, in a ring buffer: the
+// newest goes after the last, the oldest leaves from the front, and the
+// array is reused. A slice cut from the front (outbox[1:]) would need a new
+// array every few hundred events, for every member of a busy room.
+// Buys: a push allocates nothing; in the 1,000-client room those arrays
+// were nine tenths of what the server allocated.
+type eventRing struct {
+	events []outEvent // the array; it grows (doubles) only when full
+	first  int        // where the oldest is
+	n      int        // how many are held
+}
+
+func (r *eventRing) len() int { return r.n }
+
+// at returns the i-th oldest event.
+func (r *eventRing) at(i int) outEvent { return r.events[(r.first+i)%len(r.events)] }
+
+// add appends e as the newest.
+func (r *eventRing) add(e outEvent) {
+	if r.n == len(r.events) {
+		grown := make([]outEvent, max(4, 2*r.n))
+		for i := range r.n {
+			grown[i] = r.at(i)
+		}
+		r.events, r.first = grown, 0
+	}
+	r.events[(r.first+r.n)%len(r.events)] = e
+	r.n++
+}
+
+// drop removes the oldest event and returns it.
+func (r *eventRing) drop() outEvent {
+	e := r.events[r.first]
+	r.events[r.first] = outEvent{} // its bytes may go, once nobody else holds them
+	r.first = (r.first + 1) % len(r.events)
+	r.n--
+	return e
 }

@@ -433,34 +433,6 @@ func TestWakeWhileWriting(t *testing.T) {
 	}
 }
 
-// TestGatheredCloseSendsGathered: what was gathered for the writer goes out
-// before the connection closes. coder/websocket answers a client's close
-// frame and closes at once; while the writer gathers, that answer joins the
-// gathered bytes, and without this the client would never get it (it is a
-// race TestClientCloseWhileStreaming hits only now and then).
-func TestGatheredCloseSendsGathered(t *testing.T) {
-	server, client := net.Pipe()
-	c := &gatheredConn{Conn: server}
-	c.gather()
-	if _, err := c.Write([]byte("the answer to a close frame")); err != nil {
-		t.Fatal(err)
-	}
-	got := make(chan string, 1)
-	go func() {
-		b, _ := io.ReadAll(client)
-		got <- string(b)
-	}()
-	c.Close()
-	select {
-	case s := <-got:
-		if s != "the answer to a close frame" {
-			t.Errorf("the client read %q before the close, want the gathered answer", s)
-		}
-	case <-time.After(waitTimeout):
-		t.Fatal("the client read nothing")
-	}
-}
-
 func TestSetUsername(t *testing.T) {
 	t.Parallel()
 	_, ts := startServer(t, nil)
@@ -1368,7 +1340,7 @@ func TestOutboxBytesBounded(t *testing.T) {
 	s := srv.sessions[alice.sid]
 	srv.mu.Unlock()
 	s.outboxMu.Lock()
-	kept, bytes := len(s.outbox), s.outboxBytes
+	kept, bytes := s.outbox.len(), s.outboxBytes
 	s.outboxMu.Unlock()
 	if bytes > maxOutboxBytes || kept >= 100 {
 		t.Errorf("outbox keeps %d events, %d bytes; want at most %d bytes", kept, bytes, maxOutboxBytes)

@@ -1,0 +1,83 @@
+package main
+
+// Tests of the speed machinery (speed.go): each piece must keep what the
+// chat promises, only faster or smaller.
+
+import (
+	"io"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// TestGatheredCloseSendsGathered: what was gathered for the writer goes out
+// before the connection closes. coder/websocket answers a client's close
+// frame and closes at once; while the writer gathers, that answer joins the
+// gathered bytes, and without this the client would never get it (it is a
+// race TestClientCloseWhileStreaming hits only now and then).
+func TestGatheredCloseSendsGathered(t *testing.T) {
+	server, client := net.Pipe()
+	c := &gatheredConn{Conn: server}
+	c.gather()
+	if _, err := c.Write([]byte("the answer to a close frame")); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(client)
+		got <- string(b)
+	}()
+	c.Close()
+	select {
+	case s := <-got:
+		if s != "the answer to a close frame" {
+			t.Errorf("the client read %q before the close, want the gathered answer", s)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the client read nothing")
+	}
+}
+
+// TestEventRing: the outbox's ring gives back its events oldest first
+// across wraps and growth, and drop takes the oldest.
+func TestEventRing(t *testing.T) {
+	var r eventRing
+	ev := func(seq int) outEvent { return outEvent{seq: int64(seq), body: []byte(strconv.Itoa(seq))} }
+	held := func() []int64 {
+		var seqs []int64
+		for i := range r.len() {
+			seqs = append(seqs, r.at(i).seq)
+		}
+		return seqs
+	}
+	next, oldest := 1, 1
+	// Up to 5 held, then 3 added for each 2 dropped, so that the ring
+	// wraps (first moves past the end) before it grows, again and again.
+	for round := range 40 {
+		for range 3 {
+			r.add(ev(next))
+			next++
+		}
+		if round%4 != 0 {
+			for range 2 {
+				if got := r.drop().seq; got != int64(oldest) {
+					t.Fatalf("round %d: drop gave %d, want the oldest, %d", round, got, oldest)
+				}
+				oldest++
+			}
+		}
+		seqs := held()
+		if len(seqs) != next-oldest {
+			t.Fatalf("round %d: %d held, want %d", round, len(seqs), next-oldest)
+		}
+		for i, seq := range seqs {
+			if seq != int64(oldest+i) || string(r.at(i).body) != strconv.Itoa(oldest+i) {
+				t.Fatalf("round %d: held %v, want %d to %d in order", round, seqs, oldest, next-1)
+			}
+		}
+	}
+	if len(r.events) >= 2*r.len()+8 {
+		t.Errorf("the array holds %d for %d events: it grew while it had room", len(r.events), r.len())
+	}
+}
