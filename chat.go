@@ -138,26 +138,18 @@ func (srv *server) post(r *room, username, text, cid string) (m message, duplica
 		srv.publish(m)
 		return m, false, nil
 	}
-	p := &posting{m: m, done: make(chan struct{})}
+	p := &posting{m: m, r: r, key: key, done: make(chan struct{})}
 	if cid != "" {
 		r.posting[key] = p
 	}
 	r.writing++ // r stays in srv.rooms until then (forgetIdle)
 	// The id was given and the message queued in one hold of srv.mu: the
-	// journal writes and publishes in the same order, the order of ids.
-	// The callback runs on the journal's goroutine, and takes srv.mu.
+	// journal writes in the order of ids, and srv.posted is in that order.
+	// The callback runs on the journal's goroutine: it only marks the
+	// message written, without srv.mu, so that the journal never waits
+	// for the chat; whoever holds srv.mu next publishes it (publishWritten).
 	err = srv.journal.append(m, func(err error) {
-		srv.mu.Lock()
-		r.writing--
-		delete(r.posting, key)
-		if err == nil {
-			srv.publish(m)
-		} else {
-			srv.log.Error("a message could not be stored", "err", err)
-			p.err = errNotStored
-			srv.forgetIdle(r)
-		}
-		srv.mu.Unlock()
+		p.err = err
 		close(p.done)
 	})
 	if err != nil { // the journal is closed: the server is stopping
@@ -165,6 +157,7 @@ func (srv *server) post(r *room, username, text, cid string) (m message, duplica
 		delete(r.posting, key)
 		return m, false, errNotStored
 	}
+	srv.posted = append(srv.posted, p)
 	srv.waitFor(p.done)
 	return m, false, p.err
 }
@@ -172,15 +165,49 @@ func (srv *server) post(r *room, username, text, cid string) (m message, duplica
 // posting is a message on its way to the journal.
 type posting struct {
 	m    message
-	done chan struct{} // closed once it is published, or could not be stored
-	err  error
+	r    *room
+	key  string        // username and cid, in r.posting
+	done chan struct{} // closed once it is written, or could not be
+	err  error         // errNotStored, or what the journal answered
 }
 
-// waitFor lets go of srv.mu until done is closed. Only post waits.
+// waitFor lets go of srv.mu until done is closed, then publishes what the
+// journal has written meanwhile. Only post waits.
 func (srv *server) waitFor(done <-chan struct{}) {
 	srv.mu.Unlock()
 	<-done
 	srv.mu.Lock()
+	srv.publishWritten()
+}
+
+// publishWritten publishes, in the order of their ids, the messages the
+// journal has written: the front of srv.posted, as far as it is done (the
+// journal writes in the order it was given them). srv.mu is held.
+func (srv *server) publishWritten() {
+	for len(srv.posted) > 0 && isDone(srv.posted[0].done) {
+		p := srv.posted[0]
+		srv.posted[0] = nil
+		srv.posted = srv.posted[1:]
+		p.r.writing--
+		delete(p.r.posting, p.key)
+		if p.err == nil {
+			srv.publish(p.m)
+		} else {
+			srv.log.Error("a message could not be stored", "err", p.err)
+			p.err = errNotStored
+			srv.forgetIdle(p.r)
+		}
+	}
+}
+
+// isDone reports whether done is closed.
+func isDone(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
 }
 
 // errNotStored answers a message the journal could not write.
@@ -235,6 +262,7 @@ func (srv *server) keepHistory(dir string) error {
 func (srv *server) snapshot() []message {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
+	srv.publishWritten() // every message the journal has written is in a room first
 	var kept []message
 	for _, r := range srv.rooms {
 		for _, e := range r.history {

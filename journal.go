@@ -38,12 +38,16 @@
 // other; a right checksum over a non-record is damage anywhere.
 //
 // The file only grows, but rooms keep only their last -history messages.
-// Once it is twice its size after the last compaction (plus minGrowth), the
-// committer asks the server for what it keeps (snapshot), writes that to
-// journal.new, syncs it, renames it over journal and syncs the directory:
-// rename is atomic and the directory's sync makes it durable, so after a
-// crash the name means the old file or the new one, both complete. Doubling
-// keeps the cost per message constant.
+// Once it is twice its size after the last compaction (plus minGrowth), a
+// compaction begins: a goroutine of its own asks the server for what it
+// keeps (snapshot), writes that to journal.new and syncs it, while the
+// committer goes on appending to journal, and notes what it appends
+// meanwhile (a full history takes a while to write; the chat must not wait
+// for it). Then, between two batches, the committer appends to journal.new
+// what the snapshot missed, syncs it, renames it over journal and syncs the
+// directory: rename is atomic and the directory's sync makes it durable, so
+// after a crash the name means the old file or the new one, both complete.
+// Doubling keeps the cost per message constant.
 //
 // Two servers on one directory would mix their records, so the journal
 // holds a flock on DIR/lock, which the kernel drops when the process ends (a
@@ -119,12 +123,13 @@ type journal struct {
 	done chan struct{} // closed when the committer returns
 
 	// Only the committer touches these once it runs.
-	f         *os.File
-	size      int64  // bytes in f
-	compacted int64  // bytes in f after the last compaction, or at open
-	minGrowth int64  // compactFloor; tests shrink it before their first append
-	err       error  // the first I/O error, answered to every later append
-	buf       []byte // the batch being encoded, reused
+	f          *os.File
+	size       int64       // bytes in f
+	compacted  int64       // bytes in f after the last compaction, or at open
+	minGrowth  int64       // compactFloor; tests shrink it before their first append
+	err        error       // the first I/O error, answered to every later append
+	buf        []byte      // the batch being encoded, reused
+	compacting *compaction // the compaction under way, or nil
 
 	closeOnce sync.Once // close may be called more than once (main defers it)
 	closeErr  error
@@ -136,9 +141,11 @@ type journal struct {
 // openJournal locks dir (creating it if needed), reads its journal back and
 // starts the committer. history is, for each room, its last keep records,
 // all sorted by id; since keep is at least 1, the last one carries the
-// largest id on disk, and new ids must be larger. snapshot is called from
-// the committer to compact: it must return, in any order, every published
-// record the server still keeps, and it may take the server's mutex.
+// largest id on disk, and new ids must be larger. snapshot is called, on
+// a goroutine of its own, to compact: it must return, in any order, every
+// record the server still keeps of those already published (the callback
+// called), and it may take the server's mutex. The server must append in
+// the order of ids (so a record's callback comes after every smaller id's).
 func openJournal(dir string, keep int, snapshot func() []record) (j *journal, history []record, err error) {
 	if keep < 1 {
 		return nil, nil, fmt.Errorf("journal: keep is %d; it must be at least 1, since the newest record carries the ids across restarts", keep)
@@ -298,23 +305,32 @@ func (j *journal) append(r record, published func(error)) error {
 	return nil
 }
 
-// commit is the committer goroutine: it writes each batch, publishes it,
-// and compacts between batches, so a snapshot holds every published record.
-// It returns once the batch taken after close began is published.
+// commit is the committer goroutine: it writes each batch and publishes it,
+// and begins and ends compactions between batches. It returns once the
+// batch taken after close began is published, and the compaction under
+// way, if any, has ended.
 func (j *journal) commit() {
 	defer close(j.done)
 	for {
-		<-j.wake
-		j.mu.Lock()
-		batch, closing := j.queue, j.closing
-		j.queue = nil
-		j.mu.Unlock()
-		j.write(batch)
+		closing := false
+		select {
+		case <-j.wake:
+			j.mu.Lock()
+			batch := j.queue
+			j.queue, closing = nil, j.closing
+			j.mu.Unlock()
+			j.write(batch)
+		case <-j.compacting.written(): // (never, while none is under way)
+		}
+		if c := j.compacting; c != nil && (closing || c.isWritten()) {
+			<-c.done // at once, unless closing
+			j.endCompaction()
+		}
 		if closing {
 			return
 		}
-		if j.err == nil && j.size > 2*j.compacted+j.minGrowth {
-			j.compact()
+		if j.err == nil && j.compacting == nil && j.size > 2*j.compacted+j.minGrowth {
+			j.beginCompaction()
 		}
 	}
 }
@@ -340,26 +356,86 @@ func (j *journal) write(batch []pending) {
 			j.size += int64(len(j.buf))
 		}
 	}
+	if c := j.compacting; c != nil && j.err == nil {
+		for _, p := range batch {
+			c.missed = append(c.missed, p.r)
+		}
+	}
 	for _, p := range batch {
 		p.published(j.err)
 	}
 }
 
-// compact replaces the file by the snapshot: written to journal.new,
-// synced, renamed over journal, and the directory synced. Until the rename
-// the old file is untouched and complete; after it, the new one is.
-func (j *journal) compact() {
-	j.buf = j.buf[:0]
-	for _, r := range j.snapshot() {
-		j.buf = appendRecord(j.buf, r)
+// compaction is a compaction under way: the snapshot being written to
+// journal.new by a goroutine of its own, and the records the committer
+// appended to journal meanwhile, which the snapshot may lack.
+type compaction struct {
+	done   chan struct{} // closed once journal.new has the snapshot, synced
+	f      *os.File      // journal.new
+	size   int64         // bytes written to it
+	last   int64         // the largest id in the snapshot
+	err    error
+	missed []record // appended since the compaction began (the committer's)
+}
+
+// written is closed once the snapshot is written; nil (never ready, in a
+// select) when no compaction is under way.
+func (c *compaction) written() <-chan struct{} {
+	if c == nil {
+		return nil
 	}
+	return c.done
+}
+
+func (c *compaction) isWritten() bool { return isDone(c.done) }
+
+// beginCompaction starts writing the snapshot to journal.new. The records
+// published before it began are in the snapshot; those appended since are
+// noted in missed.
+func (j *journal) beginCompaction() {
+	c := &compaction{done: make(chan struct{})}
+	j.compacting = c
+	go func() {
+		defer close(c.done)
+		var buf []byte
+		for _, r := range j.snapshot() {
+			buf = appendRecord(buf, r)
+			c.last = max(c.last, r.ID)
+		}
+		name := filepath.Join(j.dir, journalNew)
+		c.f, c.err = os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
+		if c.err == nil {
+			_, c.err = c.f.Write(buf)
+			c.size = int64(len(buf))
+		}
+		if c.err == nil {
+			c.err = c.f.Sync()
+		}
+	}()
+}
+
+// endCompaction completes the compaction whose snapshot is written: it
+// appends what the snapshot missed (the records above its largest id: the
+// server publishes in the order of ids, so every one below is in it or no
+// longer kept), syncs, and renames journal.new over journal. Until the
+// rename the old file is untouched and complete; after it, the new one is.
+func (j *journal) endCompaction() {
+	c := j.compacting
+	j.compacting = nil
 	name := filepath.Join(j.dir, journalNew)
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
+	err := cmp.Or(j.err, c.err) // after a failed write, journal may lack records: keep it as it is
 	if err == nil {
-		_, err = f.Write(j.buf)
+		j.buf = j.buf[:0]
+		for _, r := range c.missed {
+			if r.ID > c.last {
+				j.buf = appendRecord(j.buf, r)
+			}
+		}
+		_, err = c.f.Write(j.buf)
+		c.size += int64(len(j.buf))
 	}
 	if err == nil {
-		err = f.Sync()
+		err = c.f.Sync()
 	}
 	if err == nil {
 		err = os.Rename(name, j.path)
@@ -368,14 +444,16 @@ func (j *journal) compact() {
 		err = syncDir(j.dir)
 	}
 	if err != nil {
-		f.Close()       // a nil f (open failed) only answers ErrInvalid
+		c.f.Close()     // a nil f (open failed) only answers ErrInvalid
 		os.Remove(name) // gone already if the rename happened
-		j.err = fmt.Errorf("journal: compacting: %w", err)
+		if j.err == nil {
+			j.err = fmt.Errorf("journal: compacting: %w", err)
+		}
 		return
 	}
 	j.f.Close() // the old file, unlinked by the rename
-	j.f = f
-	j.size = int64(len(j.buf))
+	j.f = c.f
+	j.size = c.size
 	j.compacted = j.size
 	j.compactions.Add(1)
 }

@@ -371,6 +371,85 @@ func TestJournalCompaction(t *testing.T) {
 	sameRecords(t, history, want)
 }
 
+// TestJournalCompactionWhileAppending: a compaction does not hold the chat
+// up, and loses nothing appended while it writes. The snapshot is held
+// until five more records are published; it returns what was kept when it
+// was called (those five must come from the committer's notes), or what is
+// kept once they are in (they must not be written twice).
+func TestJournalCompactionWhileAppending(t *testing.T) {
+	t.Parallel()
+	for _, late := range []bool{false, true} {
+		t.Run(fmt.Sprintf("snapshot taken late: %v", late), func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			var (
+				mu        sync.Mutex
+				kept      []record
+				published = make(chan int64, 100)
+				asked     = make(chan struct{}, 1)
+			)
+			snapshot := func() []record {
+				mu.Lock()
+				snap := slices.Clone(kept)
+				mu.Unlock()
+				asked <- struct{}{}
+				for range 5 {
+					receive(t, "a record published while the snapshot is held", published)
+				}
+				if late {
+					mu.Lock()
+					snap = slices.Clone(kept)
+					mu.Unlock()
+				}
+				return snap
+			}
+			j, _ := openTestJournal(t, dir, 100, snapshot)
+			j.minGrowth = 0 // compact as soon as the file has doubled
+
+			add := func(id int64) {
+				t.Helper()
+				r := testRecord(id, "a")
+				done := make(chan error, 1)
+				if err := j.append(r, func(err error) {
+					mu.Lock()
+					kept = append(kept, r)
+					mu.Unlock()
+					done <- err
+				}); err != nil {
+					t.Fatal(err)
+				}
+				if err := receive(t, fmt.Sprintf("record %d published", id), done); err != nil {
+					t.Fatal(err)
+				}
+			}
+			add(1) // the file has grown from nothing: a compaction begins
+			receive(t, "the snapshot asked for", asked)
+			add(2)
+			for id := int64(3); id <= 7; id++ {
+				add(id) // published while the snapshot is held: nothing waits for it
+				published <- id
+			}
+			waitUntil(t, waitTimeout, "the compaction", func() bool { return j.compactions.Load() == 1 })
+			add(8)
+			if err := j.close(); err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(filepath.Join(dir, journalFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			onDisk, good, err := readJournal("journal", data, 1000)
+			if err != nil || good != int64(len(data)) {
+				t.Fatalf("reading the compacted file: %v (%d of %d bytes good)", err, good, len(data))
+			}
+			if bytes.Count(data, []byte("\n")) != 8 {
+				t.Errorf("the file has %d lines, want 8, one per record:\n%s", bytes.Count(data, []byte("\n")), data)
+			}
+			sameRecords(t, onDisk, kept)
+		})
+	}
+}
+
 func TestJournalWriteError(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()

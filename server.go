@@ -133,6 +133,7 @@ type server struct {
 	idle     map[*room]struct{}  // rooms kept only for their history
 	idleCap  int                 // how many of them: cfg.MaxIdleRooms, or more just after a restart (chat.go: keepHistory)
 	nextID   int64               // the last message id given out
+	posted   []*posting          // with -data: messages given to the journal, not yet published, by id (chat.go: post)
 	formRate map[string]*bucket  // POST /send_message rate, by client IP
 	closed   bool
 }
