@@ -315,6 +315,7 @@ func (j *journal) commit() {
 		closing := false
 		select {
 		case <-j.wake:
+			letAppendersIn() // (speed.go)
 			j.mu.Lock()
 			batch := j.queue
 			j.queue, closing = nil, j.closing
