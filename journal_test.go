@@ -297,6 +297,21 @@ func TestJournalDamaged(t *testing.T) {
 	}
 }
 
+// readCompacted reads every record of dir's journal, which must be whole
+// (no torn tail), and its bytes.
+func readCompacted(t *testing.T, dir string) ([]record, []byte) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, journalFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	onDisk, good, err := readJournal("journal", data, 1000)
+	if err != nil || good != int64(len(data)) {
+		t.Fatalf("reading the compacted file: %v (%d of %d bytes good)", err, good, len(data))
+	}
+	return onDisk, data
+}
+
 func TestJournalCompaction(t *testing.T) {
 	t.Parallel()
 	const keep = 3
@@ -352,14 +367,7 @@ func TestJournalCompaction(t *testing.T) {
 	}
 
 	// The file is exactly the last snapshot and what came after it.
-	data, err := os.ReadFile(filepath.Join(dir, journalFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	onDisk, good, err := readJournal("journal", data, 1000)
-	if err != nil || good != int64(len(data)) {
-		t.Fatalf("reading the compacted file: %v (%d of %d bytes good)", err, good, len(data))
-	}
+	onDisk, _ := readCompacted(t, dir)
 	sameRecords(t, onDisk, append(slices.Clone(lastSnap), published[snapAt:]...))
 	if _, err := os.Stat(filepath.Join(dir, journalNew)); err == nil {
 		t.Fatalf("%s left behind", journalNew)
@@ -434,14 +442,7 @@ func TestJournalCompactionWhileAppending(t *testing.T) {
 			if err := j.close(); err != nil {
 				t.Fatal(err)
 			}
-			data, err := os.ReadFile(filepath.Join(dir, journalFile))
-			if err != nil {
-				t.Fatal(err)
-			}
-			onDisk, good, err := readJournal("journal", data, 1000)
-			if err != nil || good != int64(len(data)) {
-				t.Fatalf("reading the compacted file: %v (%d of %d bytes good)", err, good, len(data))
-			}
+			onDisk, data := readCompacted(t, dir)
 			if bytes.Count(data, []byte("\n")) != 8 {
 				t.Errorf("the file has %d lines, want 8, one per record:\n%s", bytes.Count(data, []byte("\n")), data)
 			}
