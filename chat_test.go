@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -445,6 +446,148 @@ func BenchmarkFanout(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N*clients)/b.Elapsed().Seconds(), "deliveries/s")
+}
+
+// BenchmarkRooms: the other shape of chat, many small rooms. 100 rooms of
+// 2 WebSocket clients over real loopback sockets; the first of each room
+// sends, and b.N messages in all reach the second. Where BenchmarkFanout
+// measures a delivery in a crowd, this measures a message: its read,
+// handling, ack and two writes, each with little to batch. With -data
+// each message is also written to the journal before it is published. It
+// reports messages per second.
+func BenchmarkRooms(b *testing.B) {
+	for _, data := range []bool{false, true} {
+		b.Run(map[bool]string{false: "memory", true: "data"}[data], func(b *testing.B) {
+			benchmarkRooms(b, data)
+		})
+	}
+}
+
+func benchmarkRooms(b *testing.B, data bool) {
+	const rooms, window = 100, 64
+	edit := func(c *config) { c.Rate, c.Burst = 1e9, 1e9 }
+	_, ts := startServer(b, edit)
+	if data {
+		_, ts = startDataServer(b, b.TempDir(), edit)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	// Room i has sender i and receiver i; each receiver counts its room's
+	// messages. The receiver joins first (two connections' events are
+	// handled in any order), then the sender, whose join it hears.
+	senders := make([]*websocket.Conn, rooms)
+	received := make([]atomic.Int64, rooms)
+	var readers sync.WaitGroup
+	defer func() {
+		cancel()
+		readers.Wait()
+	}()
+	for i := range rooms {
+		room := fmt.Sprintf("room-%d", i)
+		join := []byte(`{"event":"join_room","data":{"room":"` + room + `"}}`)
+		receiver, _, err := websocket.Dial(ctx, wsURL(ts, nil), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		receiver.SetReadLimit(-1)
+		joined := make(chan string, 2)
+		readers.Go(func() {
+			defer receiver.CloseNow()
+			for {
+				_, msg, err := receiver.Read(ctx)
+				if err != nil {
+					return
+				}
+				for _, event := range []string{"room_joined", "user_joined"} {
+					if hasEvent(msg, event, room) {
+						joined <- event
+					}
+				}
+				received[i].Add(int64(bytes.Count(msg, []byte(`"event":"new_message"`))))
+			}
+		})
+		waitJoined := func(event string) {
+			b.Helper()
+			select {
+			case <-joined:
+			case <-ctx.Done():
+				b.Fatalf("room %d: timed out waiting for %s", i, event)
+			}
+		}
+		if err := receiver.Write(ctx, websocket.MessageText, join); err != nil {
+			b.Fatal(err)
+		}
+		waitJoined("room_joined")
+		senders[i], _, err = websocket.Dial(ctx, wsURL(ts, nil), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sender := senders[i]
+		sender.SetReadLimit(-1)
+		readers.Go(func() { // the sender's own copies and acks, unread they would stop it
+			defer sender.CloseNow()
+			for {
+				if _, _, err := sender.Read(ctx); err != nil {
+					return
+				}
+			}
+		})
+		if err := sender.Write(ctx, websocket.MessageText, join); err != nil {
+			b.Fatal(err)
+		}
+		waitJoined("user_joined")
+	}
+
+	b.ResetTimer()
+	var sending sync.WaitGroup
+	for i, sender := range senders {
+		n := int64(b.N / rooms)
+		if i < b.N%rooms {
+			n++
+		}
+		msg := []byte(`{"event":"send_message","data":{"room":"room-` + strconv.Itoa(i) + `","text":"a message of about sixty bytes, like a chat line"}}`)
+		sending.Go(func() {
+			for sent := range n {
+				for sent-received[i].Load() >= window && ctx.Err() == nil {
+					time.Sleep(50 * time.Microsecond)
+				}
+				if err := sender.Write(ctx, websocket.MessageText, msg); err != nil {
+					return // ctx ended: reported below
+				}
+			}
+			for received[i].Load() < n && ctx.Err() == nil {
+				time.Sleep(100 * time.Microsecond)
+			}
+		})
+	}
+	sending.Wait()
+	if ctx.Err() != nil {
+		b.Fatal("timed out waiting for the deliveries")
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "messages/s")
+}
+
+// hasEvent reports whether a server message (one envelope, or an array of
+// them) holds the event in room.
+func hasEvent(msg []byte, event, room string) bool {
+	type envelope struct {
+		Event string
+		Data  struct{ Room string }
+	}
+	var list []envelope
+	if json.Unmarshal(msg, &list) != nil {
+		var one envelope
+		json.Unmarshal(msg, &one)
+		list = []envelope{one}
+	}
+	for _, e := range list {
+		if e.Event == event && e.Data.Room == room {
+			return true
+		}
+	}
+	return false
 }
 
 // joinedData is the data of room_joined, as a client decodes it.

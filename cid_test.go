@@ -321,7 +321,7 @@ func TestCIDForm(t *testing.T) {
 
 // startDataServer is startServer with -data dir: its journal is closed
 // when the test ends.
-func startDataServer(t *testing.T, dir string, edit func(*config)) (*server, *httptest.Server) {
+func startDataServer(t testing.TB, dir string, edit func(*config)) (*server, *httptest.Server) {
 	t.Helper()
 	srv, ts := startServer(t, edit)
 	if err := srv.keepHistory(dir); err != nil {
