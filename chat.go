@@ -147,7 +147,8 @@ func (srv *server) post(r *room, username, text, cid string) (m message, duplica
 	// journal writes in the order of ids, and srv.posted is in that order.
 	// The callback runs on the journal's goroutine: it only marks the
 	// message written, without srv.mu, so that the journal never waits
-	// for the chat; whoever holds srv.mu next publishes it (publishWritten).
+	// for the chat. The poster publishes it once it has srv.mu again, or
+	// another poster of the same batch that woke first (publishWritten).
 	err = srv.journal.append(m, func(err error) {
 		p.err = err
 		close(p.done)
@@ -363,12 +364,17 @@ func (srv *server) forgetIdle(r *room) {
 	}
 	var oldest *room
 	for o := range srv.idle {
+		if o.writing > 0 { // a message is on its way into it (the form posts to idle general)
+			continue
+		}
 		if oldest == nil || o.history[len(o.history)-1].ID < oldest.history[len(oldest.history)-1].ID {
 			oldest = o
 		}
 	}
-	delete(srv.idle, oldest)
-	delete(srv.rooms, oldest.name)
+	if oldest != nil { // else the next room to go idle tries again
+		delete(srv.idle, oldest)
+		delete(srv.rooms, oldest.name)
+	}
 }
 
 // userEvent is the data of user_joined and user_left.

@@ -11,7 +11,7 @@
 // That takes a millisecond or more: one fsync per message would cap the
 // server near a thousand messages a second. Group commit shares it: append
 // only queues, and one goroutine, the committer, writes all that is queued,
-// syncs once, then publishes each record in append order. While it syncs,
+// syncs once, then tells each record's appender, in append order. While it syncs,
 // new appends gather for the next round, so the busier the server, the more
 // records an fsync carries, and a lone message never waits for a timer.
 //
@@ -101,8 +101,8 @@ type record = message
 
 // pending is a queued append: the record, and whom to tell when it is on disk.
 type pending struct {
-	r         record
-	published func(error)
+	r       record
+	written func(error)
 }
 
 // journal is an open -data directory: the log file, its lock, and the
@@ -143,9 +143,10 @@ type journal struct {
 // all sorted by id; since keep is at least 1, the last one carries the
 // largest id on disk, and new ids must be larger. snapshot is called, on
 // a goroutine of its own, to compact: it must return, in any order, every
-// record the server still keeps of those already published (the callback
+// record the server still keeps of those already written (their callback
 // called), and it may take the server's mutex. The server must append in
-// the order of ids (so a record's callback comes after every smaller id's).
+// the order of ids: then a snapshot never holds an id without every
+// smaller one the server still keeps, which is what endCompaction needs.
 func openJournal(dir string, keep int, snapshot func() []record) (j *journal, history []record, err error) {
 	if keep < 1 {
 		return nil, nil, fmt.Errorf("journal: keep is %d; it must be at least 1, since the newest record carries the ids across restarts", keep)
@@ -287,17 +288,17 @@ func appendRecord(buf []byte, r record) []byte {
 }
 
 // append queues r; it is cheap, so a caller may hold its own mutex. Once r
-// is written and synced, the committer calls published(nil), or
-// published(err) where the write failed. Records are published in the
-// order they were appended, each exactly once. The only error append
-// returns is errJournalClosed, and then published is never called.
-func (j *journal) append(r record, published func(error)) error {
+// is written and synced, the committer calls written(nil), or written(err)
+// where the write failed, in the order the records were appended, each
+// exactly once. The only error append returns is errJournalClosed, and
+// then written is never called.
+func (j *journal) append(r record, written func(error)) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closing {
 		return errJournalClosed
 	}
-	j.queue = append(j.queue, pending{r, published})
+	j.queue = append(j.queue, pending{r, written})
 	select {
 	case j.wake <- struct{}{}:
 	default: // the committer is already due to look
@@ -305,10 +306,10 @@ func (j *journal) append(r record, published func(error)) error {
 	return nil
 }
 
-// commit is the committer goroutine: it writes each batch and publishes it,
-// and begins and ends compactions between batches. It returns once the
-// batch taken after close began is published, and the compaction under
-// way, if any, has ended.
+// commit is the committer goroutine: it writes each batch and tells its
+// appenders, and begins and ends compactions between batches. It returns
+// once the batch taken after close began is written, and the compaction
+// under way, if any, has ended.
 func (j *journal) commit() {
 	defer close(j.done)
 	for {
@@ -363,7 +364,7 @@ func (j *journal) write(batch []pending) {
 		}
 	}
 	for _, p := range batch {
-		p.published(j.err)
+		p.written(j.err)
 	}
 }
 
@@ -390,9 +391,10 @@ func (c *compaction) written() <-chan struct{} {
 
 func (c *compaction) isWritten() bool { return isDone(c.done) }
 
-// beginCompaction starts writing the snapshot to journal.new. The records
-// published before it began are in the snapshot; those appended since are
-// noted in missed.
+// beginCompaction starts writing the snapshot to journal.new. Every record
+// written before it began is in the snapshot (the server publishes what is
+// written before it takes one), and maybe some written since; all those
+// appended since are noted in missed, and endCompaction sorts them out.
 func (j *journal) beginCompaction() {
 	c := &compaction{done: make(chan struct{})}
 	j.compacting = c
@@ -417,7 +419,7 @@ func (j *journal) beginCompaction() {
 
 // endCompaction completes the compaction whose snapshot is written: it
 // appends what the snapshot missed (the records above its largest id: the
-// server publishes in the order of ids, so every one below is in it or no
+// server appends in the order of ids, so every one below is in it or no
 // longer kept), syncs, and renames journal.new over journal. Until the
 // rename the old file is untouched and complete; after it, the new one is.
 func (j *journal) endCompaction() {
@@ -470,10 +472,10 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// close publishes what is queued, stops the committer and frees the
+// close writes what is queued, stops the committer and frees the
 // directory. It answers the first I/O error the journal met, if any;
-// closing again answers the same. Not with the server's mutex held: the
-// callbacks of what is queued take it.
+// closing again answers the same. Not with the server's mutex held: close
+// waits for a compaction's snapshot, which takes it.
 func (j *journal) close() error {
 	j.closeOnce.Do(func() {
 		j.mu.Lock()

@@ -10,7 +10,8 @@
 // cfg.Outbox events numbered by seq. A transport (websocket.go, poll.go)
 // attaches to the session and sends what is waiting. What makes it
 // lossless: nothing leaves the outbox until it is older than cfg.Outbox
-// events, so whatever the client missed is still there when it asks again.
+// events (or, past the outbox's byte cap, until it has been sent), so
+// whatever the client missed is still there when it asks again.
 //
 // Locks: srv.mu guards the chat state of a session (name, rooms, acks);
 // outboxMu guards its outbox and transport, so that a transport can send

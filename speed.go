@@ -284,7 +284,7 @@ type eventRing struct {
 
 func (r *eventRing) len() int { return r.n }
 
-// at returns the i-th oldest event.
+// at returns the i-th oldest event; i must be below len.
 func (r *eventRing) at(i int) outEvent { return r.events[(r.first+i)%len(r.events)] }
 
 // add appends e as the newest.
@@ -300,7 +300,7 @@ func (r *eventRing) add(e outEvent) {
 	r.n++
 }
 
-// drop removes the oldest event and returns it.
+// drop removes the oldest event and returns it; the ring must not be empty.
 func (r *eventRing) drop() outEvent {
 	e := r.events[r.first]
 	r.events[r.first] = outEvent{} // its bytes may go, once nobody else holds them
@@ -313,7 +313,8 @@ func (r *eventRing) drop() outEvent {
 // ready to run go first, before it takes the queue. On one core (one P),
 // a goroutine in fsync keeps the P until the runtime's monitor takes it
 // back, and that may take longer than the fsync; and the sender that
-// appends next wakes the committer first in line. Without this the
+// appends next puts the committer ahead of the other ready senders (the
+// runtime runs a goroutine just woken next). Without this the
 // committer can fall into taking one record at a time, with the core idle
 // during each fsync and a thousand woken senders waiting their turn for
 // seconds. Letting them in first, the next batch carries them all.

@@ -1267,6 +1267,30 @@ func TestIdleRoomsCapped(t *testing.T) {
 	}
 }
 
+// TestIdleRoomBeingWritten: with -data a message is on its way to a room
+// for a moment before it is published; the form posts to general even when
+// nobody is in it. Meanwhile the room must not be forgotten as idle, or its
+// history is gone and a cid sent again is stored twice.
+func TestIdleRoomBeingWritten(t *testing.T) {
+	t.Parallel()
+	srv := newServer(func() config { c := testConfig(); c.MaxIdleRooms = 1; return c }())
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	for _, name := range []string{"general", "x"} {
+		srv.publish(message{ID: srv.nextID + 1, Room: name, Text: "hi"}) // nobody in it: idle
+		srv.nextID++
+		if name == "general" {
+			srv.rooms["general"].writing++ // as post does while the journal writes
+		}
+	}
+	if srv.rooms["general"] == nil {
+		t.Fatal("general was forgotten as idle while a message was on its way into it")
+	}
+	if srv.rooms["x"] != nil {
+		t.Error("x was kept: one idle room is the cap, and general is being written")
+	}
+}
+
 // TestCursorAhead: a resume whose after is beyond the last event is the
 // client's mistake. Over WebSocket it gets a new session; the old session is
 // left alone (another tab may be using it).
