@@ -15,6 +15,7 @@
 //	poll.go       the long-poll transport, for when WebSockets are blocked
 //	speed.go      what exists only for speed and memory (skip it at first)
 //	journal.go    with -data: room history on disk, across restarts
+//	compact.go    the journal rewritten with only what rooms keep
 //	metrics.go    the server in numbers, for Prometheus (-metrics)
 //
 // There is one lock for the chat, srv.mu. Every handler takes it, changes
