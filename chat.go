@@ -2,8 +2,8 @@
 //
 // A room is a name, its members and its last messages, kept in one map
 // under the server's one mutex (server.go). Fan-out is the heart of a chat
-// server, and here it is a loop: broadcast encodes the event once, then
-// appends the same bytes to every member's outbox (outbox.go). Appending
+// server, and here it is a loop: publish encodes the event once, and
+// broadcast appends the same bytes to every member's outbox (outbox.go). Appending
 // never waits on a network. Each member's own transport (websocket.go,
 // poll.go) is woken and sends at its own pace; a member that falls too far
 // behind is dropped instead of slowing the room down.
@@ -228,7 +228,7 @@ func (srv *server) publish(m message) {
 	}
 	r.shared.changed()
 	srv.metrics.stored.Add(1)
-	srv.broadcast(r, nil, concat(`{"event":"new_message","data":`, e.json, `,"seq":`))
+	srv.broadcast(r, nil, encodeEncoded("new_message", e.json))
 	srv.forgetIdle(r) // a room may have nobody in it (the form posts to general): then it counts as idle
 }
 

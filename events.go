@@ -186,7 +186,7 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 		return true // done, and nobody asked to hear so
 	}
 	answer := encodeAnswer(env.Event, ack, result, err)
-	if ack > 0 && !appliedAgain[env.Event] { // (only join_room's answer has shared parts)
+	if ack > 0 && !appliedAgain[env.Event] { // (these answers are one part: body is all of it)
 		s.remember(ack, answer.body)
 	}
 	s.pushEvent(answer)
@@ -244,6 +244,10 @@ func (srv *server) echoMessage(s *session, data json.RawMessage) (ackData, error
 	return ackData{Data: data}, nil
 }
 
+// sendMessage posts a message to a room the session is in. Its sender
+// stops typing there first, so the others see typing end before the
+// message. The ack carries the message (and duplicate, for a cid sent
+// before).
 func (srv *server) sendMessage(s *session, data json.RawMessage) (ackData, error) {
 	var req struct{ Text, Room, CID string }
 	if err := decodeData(data, &req); err != nil {

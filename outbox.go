@@ -89,18 +89,18 @@ func outboxLimit(cfg config) int {
 	return max(maxOutboxBytes, 3*cfg.History*maxMessageBytes)
 }
 
-// push appends one event to the outbox and wakes the transport. It never
-// waits. srv.mu is held.
-//
-// A session that falls more than cfg.Outbox events behind its client is a
-// slow reader: its transport is closed at once (1008, "too slow") so that it
-// never holds back anyone else, and the session is ended by dropSlow.
+// push appends one event, encoded without its seq (wire.go), to the outbox
+// and wakes the transport. It never waits. srv.mu is held.
 func (s *session) push(body []byte) {
 	s.pushEvent(outEvent{body: body})
 }
 
 // pushEvent is push for an event in parts (wire.go, outEvent); its seq is
 // given here.
+//
+// A session that falls more than cfg.Outbox events behind its client is a
+// slow reader: its transport is closed at once (1008, "too slow") so that it
+// never holds back anyone else, and the session is ended by dropSlow.
 func (s *session) pushEvent(e outEvent) {
 	s.outboxMu.Lock()
 	defer s.outboxMu.Unlock()

@@ -25,6 +25,16 @@
 // post lets go of srv.mu meanwhile.) One lock is easy to reason about, and a chat's critical
 // sections are so short that it is not what limits the server (README,
 // Performance).
+//
+// The other locks are small and each guards one thing. Where two are held
+// at once, they are taken in this order, never the other way:
+//
+//	session.handling   one event of a session at a time (events.go: handle)
+//	srv.mu             the chat
+//	journal.mu         with -data, the journal's queue (append, under srv.mu)
+//	session.outboxMu   a session's outbox and transport (push, under srv.mu)
+//	wsConn.mu          a connection's writer state (wake, under outboxMu)
+//	gatheredConn.mu    the bytes a writer gathers (speed.go)
 package main
 
 import (

@@ -53,7 +53,7 @@ type session struct {
 	// outboxMu guards the outbox and the transport reading it (the top
 	// of this file says why it is a lock of its own).
 	outboxMu    sync.Mutex
-	outbox      eventRing // the last cfg.Outbox events, by seq
+	outbox      eventRing // the last cfg.Outbox events, by seq (a ring: speed.go)
 	outboxBytes int       // the bytes they would take to send, at most srv.outboxLimit
 	lastSeq     int64     // seq of the newest event; 0 before the first
 	// delivered: the client has every event up to this seq, or at least

@@ -1,7 +1,8 @@
 // What exists only for speed and memory. A reader can skip this file: the
 // chat works the same without any of it, only slower or bigger. Each piece
-// sits behind a named type that the rest of the code calls once, and each
-// says in a line what it buys; README, Performance, has the measurements.
+// sits behind a name of its own (a type or a function) that the rest of the
+// code calls where it needs it, and each says in a line what it buys;
+// README, Performance, has the measurements.
 //
 //   - pacer: when many connections are busy, each waits a little between
 //     writes and sends everything that came meanwhile in one write. Buys the

@@ -20,8 +20,7 @@
 //   - A ping every cfg.PingEvery, from a timer (ping); no pong within
 //     cfg.PongWait and the connection is dropped.
 //
-// Locks: srv.mu, then the session's outboxMu, then the connection's own mu,
-// in that order (push wakes the writer with the first two held).
+// Locks: the order of all of them is in server.go.
 package main
 
 import (
@@ -96,9 +95,10 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // Accept has answered (403 for a foreign origin)
 	}
-	// The HTTP part is over, and this handler returns: the connection goes
-	// on in goroutines of its own, and net/http's goroutine, with the
-	// request and everything it parsed, is freed.
+	// The HTTP part is over: once the session is set up below, this handler
+	// returns, the connection goes on in goroutines of its own, and
+	// net/http's goroutine, with the request and everything it parsed, is
+	// freed.
 	if !srv.track() {
 		conn.Close(websocket.StatusGoingAway, closeGoingAway.reason)
 		return
@@ -112,7 +112,10 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		pace:  pacer{budget: &srv.budget},
 	}
 
-	// Resume the session the client names, or else open a new one.
+	// Resume the session the client names, or else (no sid, or a resume
+	// refused: PROTOCOL.md section 5) open a new one. attach may wake c
+	// before c.s is set: state writerRunning above keeps any writer from
+	// starting until the welcome is ready.
 	var s *session
 	if sid := q.Get("sid"); sid != "" {
 		s, err = srv.continueSession(sid, after, c)

@@ -63,6 +63,12 @@ func encodeEvent(event string, data any) []byte {
 	return encode(`{"event":"`+event+`","data":`, data, `,"seq":`)
 }
 
+// encodeEncoded is encodeEvent for data already encoded (a message, kept
+// encoded in its room's history): `{"event":…,"data":…,"seq":`.
+func encodeEncoded(event string, data []byte) []byte {
+	return concat(`{"event":"`+event+`","data":`, data, `,"seq":`)
+}
+
 // encodeAck encodes an ack without its seq:
 // `{"event":"ack","ack":7,"data":{"ok":true,…},"seq":`.
 func encodeAck(ack int64, data ackData) []byte {
@@ -105,8 +111,8 @@ func encodeJoined(head string, j *roomJoined) outEvent {
 
 // encodeAnswer encodes the answer to an event: an ack when the client gave
 // an ack number, else an error event (only when err is set). A join's ack
-// carries the fields of room_joined, in two parts like room_joined itself;
-// every other answer is one part.
+// carries the fields of room_joined, in parts like room_joined itself
+// (encodeJoined); every other answer is one part.
 func encodeAnswer(event string, ack int64, result ackData, err error) outEvent {
 	var ce *chatError
 	if err != nil {
