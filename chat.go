@@ -3,10 +3,10 @@
 // A room is a name, its members and its last messages, kept in one map
 // under the server's one mutex (server.go). Fan-out is the heart of a chat
 // server, and here it is a loop: publish encodes the event once, and
-// broadcast appends the same bytes to every member's outbox (outbox.go). Appending
-// never waits on a network. Each member's own transport (websocket.go,
-// poll.go) is woken and sends at its own pace; a member that falls too far
-// behind is dropped instead of slowing the room down.
+// broadcast appends the same bytes to every member's outbox (outbox.go).
+// Appending never waits on a network. Each member's own transport
+// (websocket.go, poll.go) is woken and sends at its own pace; a member that
+// falls too far behind is dropped instead of slowing the room down.
 //
 // Compare a "hub" goroutine that owns the rooms and is fed by channels: the
 // mutex does the same job, and a reader can see which code runs while the
