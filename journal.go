@@ -11,9 +11,10 @@
 // That takes a millisecond or more: one fsync per message would cap the
 // server near a thousand messages a second. Group commit shares it: append
 // only queues, and one goroutine, the committer, writes all that is queued,
-// syncs once, then tells each record's appender, in append order. While it syncs,
-// new appends gather for the next round, so the busier the server, the more
-// records an fsync carries, and a lone message never waits for a timer.
+// syncs once, then tells each record's appender, in append order. While it
+// syncs, new appends gather for the next round, so the busier the server,
+// the more records an fsync carries, and a lone message never waits for a
+// timer.
 //
 // A crash during a write tears it: the file may end in part of a record, or
 // in one with holes of zeros (a write's pages reach the disk in any order).
