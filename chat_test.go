@@ -499,9 +499,11 @@ func benchmarkRooms(b *testing.B, data bool) {
 				if err != nil {
 					return
 				}
-				for _, event := range []string{"room_joined", "user_joined"} {
-					if hasEvent(msg, event, room) {
-						joined <- event
+				for _, e := range parseEvents(b, msg) {
+					var data struct{ Room string }
+					json.Unmarshal(e.Data, &data)
+					if (e.Event == "room_joined" || e.Event == "user_joined") && data.Room == room {
+						joined <- e.Event
 					}
 				}
 				received[i].Add(int64(bytes.Count(msg, []byte(`"event":"new_message"`))))
@@ -567,27 +569,6 @@ func benchmarkRooms(b *testing.B, data bool) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "messages/s")
-}
-
-// hasEvent reports whether a server message (one envelope, or an array of
-// them) holds the event in room.
-func hasEvent(msg []byte, event, room string) bool {
-	type envelope struct {
-		Event string
-		Data  struct{ Room string }
-	}
-	var list []envelope
-	if json.Unmarshal(msg, &list) != nil {
-		var one envelope
-		json.Unmarshal(msg, &one)
-		list = []envelope{one}
-	}
-	for _, e := range list {
-		if e.Event == event && e.Data.Room == room {
-			return true
-		}
-	}
-	return false
 }
 
 // joinedData is the data of room_joined, as a client decodes it.

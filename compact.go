@@ -42,8 +42,6 @@ func (c *compaction) written() <-chan struct{} {
 	return c.done
 }
 
-func (c *compaction) isWritten() bool { return isDone(c.done) }
-
 // beginCompaction starts writing the snapshot to journal.new. Every record
 // written before it began is in the snapshot (the server publishes what is
 // written before it takes one), and maybe some written since; all those

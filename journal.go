@@ -316,7 +316,7 @@ func (j *journal) commit() {
 			j.write(batch)
 		case <-j.compacting.written(): // (never, while none is under way)
 		}
-		if c := j.compacting; c != nil && (closing || c.isWritten()) {
+		if c := j.compacting; c != nil && (closing || isDone(c.done)) {
 			<-c.done // at once, unless closing
 			j.endCompaction()
 		}
