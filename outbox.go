@@ -162,8 +162,9 @@ func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int
 	if array {
 		buf = append(buf, '[')
 	}
-	for i := s.outbox.len() - n; i < s.outbox.len(); i++ {
-		if i > s.outbox.len()-n {
+	first := s.outbox.len() - n // the oldest event to send
+	for i := first; i < s.outbox.len(); i++ {
+		if i > first {
 			buf = append(buf, ',')
 		}
 		buf = s.outbox.at(i).append(buf)

@@ -52,8 +52,9 @@ func TestEventRing(t *testing.T) {
 		return seqs
 	}
 	next, oldest := 1, 1
-	// Up to 5 held, then 3 added for each 2 dropped, so that the ring
-	// wraps (first moves past the end) before it grows, again and again.
+	// Each round adds 3 and drops 2 (every fourth round drops none), so
+	// that the ring wraps (first moves past the end) and grows, again and
+	// again.
 	for round := range 40 {
 		for range 3 {
 			r.add(ev(next))
