@@ -158,6 +158,9 @@ func (r *loadRun) connect(ctx context.Context, out io.Writer) (joined []*client)
 		}
 	}
 	largest := (len(joined) + r.o.rooms - 1) / r.o.rooms // a room's members, if all joined
+	if r.o.peer != "chat" {
+		r.members.Store(int64(largest)) // a peer does not tell
+	}
 	which := "the room has"
 	if r.o.rooms > 1 {
 		which = "the largest room has"
@@ -247,6 +250,13 @@ func (r *loadRun) appendSendMessage(b []byte, c *client, id int64, due time.Time
 	case "socketio":
 		b = append(b, `42["chat message","`...)
 		return append(r.appendText(b, id, due), `"]`...)
+	case "centrifugo": // a publish command; ids 1 and 2 were connect and subscribe
+		b = append(b, `{"id":`...)
+		b = strconv.AppendInt(b, id+2, 10)
+		b = append(b, `,"publish":{"channel":"`...)
+		b = append(b, r.o.roomName(c.room)...)
+		b = append(b, `","data":{"text":"`...)
+		return append(r.appendText(b, id, due), `"}}}`...)
 	}
 	b = append(b, `{"event":"send_message","data":{"room":"`...)
 	b = append(b, r.o.roomName(c.room)...)
@@ -315,8 +325,11 @@ func (c *client) join() {
 func (c *client) runWebSocket() {
 	defer close(c.done)
 	u := c.run.nw.url("/ws", "username", c.username())
-	if c.run.o.peer == "socketio" {
+	switch c.run.o.peer {
+	case "socketio":
 		u = c.run.nw.url("/socket.io/", "EIO", "4", "transport", "websocket")
+	case "centrifugo":
+		u = c.run.nw.url("/connection/websocket")
 	}
 	conn, _, err := websocket.Dial(c.ctx, u, &websocket.DialOptions{HTTPClient: c.httpClient()})
 	if err != nil {
@@ -331,11 +344,14 @@ func (c *client) runWebSocket() {
 	case "chat":
 		c.join()
 	case "gorilla": // in the room as soon as connected
-		c.run.members.Add(1)
 		close(c.ready)
 		receive = c.receivePeer
 	case "socketio":
 		receive = c.receiveSocketIO
+	case "centrifugo": // connect anonymously, and subscribe to the room's channel
+		c.send([]byte(`{"id":1,"connect":{}}`))
+		c.send([]byte(`{"id":2,"subscribe":{"channel":"` + c.run.o.roomName(c.room) + `"}}`))
+		receive = c.receiveCentrifugo
 	}
 	// Reads have no context: coder/websocket drops the connection without
 	// a close frame when a read's context ends. Stopping closes the
@@ -538,13 +554,42 @@ func (c *client) receiveSocketIO(msg []byte) (last []byte) {
 		c.send([]byte("3"))
 	case bytes.HasPrefix(msg, []byte("40")):
 		if !isClosed(c.ready) {
-			c.run.members.Add(1)
 			close(c.ready)
 		}
 	case bytes.HasPrefix(msg, []byte("0")):
 		c.send([]byte("40"))
 	}
 	return msg
+}
+
+// receiveCentrifugo is receivePeer for Centrifugo's JSON protocol: one
+// reply or push per line. An empty object is a ping, answered with one; the
+// reply to command 2 says the client is subscribed; a reply with an error
+// is a refused publish (or connect, or subscribe).
+func (c *client) receiveCentrifugo(msg []byte) (last []byte) {
+	for line := range bytes.Lines(msg) {
+		line = bytes.TrimSpace(line)
+		switch {
+		case bytes.Equal(line, []byte("{}")):
+			c.send([]byte("{}"))
+		case bytes.HasPrefix(line, []byte(`{"id":`)) && bytes.Contains(line, []byte(`"error":`)):
+			var e struct {
+				ID    int64
+				Error struct{ Message string }
+			}
+			json.Unmarshal(line, &e)
+			c.run.refusal(e.Error.Message)
+			if e.ID > 2 {
+				c.run.refused.Add(1)
+				c.refused.Add(1)
+			}
+		case bytes.HasPrefix(line, []byte(`{"id":2,`)):
+			if !isClosed(c.ready) {
+				close(c.ready)
+			}
+		}
+	}
+	return c.receivePeer(msg)
 }
 
 // nextObject returns the first JSON object in b and what follows it. It

@@ -35,10 +35,12 @@
 //     the whole machine's, and reads messages without decoding each one.
 //
 // With -peer it measures another chat server the same way, for comparison:
-// gorilla/websocket's chat example (-peer gorilla), or the chat of
-// Socket.IO's "Get started" guide on Node.js (-peer socketio). Those
-// broadcast every message to everyone; this server does more for each (a
-// JSON envelope, a seq, an outbox kept for resuming).
+// gorilla/websocket's chat example (-peer gorilla), the chat of Socket.IO's
+// "Get started" guide on Node.js (-peer socketio), or Centrifugo, whose
+// channels are rooms (-peer centrifugo, with -rooms too). bench/peer.sh
+// builds and starts each. The first two broadcast every message to
+// everyone; this server does more for each (a JSON envelope, a seq, an
+// outbox kept for resuming).
 //
 // It only ever connects to loopback addresses, and every run is bounded in
 // size and in time.
@@ -88,7 +90,7 @@ const serverHint = "hint: the server refused clients or messages; for a large ru
 
 type options struct {
 	url, transport, room  string
-	peer                  string // "chat" (this server), "gorilla" or "socketio"
+	peer                  string // "chat" (this server), "gorilla", "socketio" or "centrifugo"
 	clients, senders      int
 	rooms                 int     // -room, or with -rooms N > 1 the rooms ROOM-0 … ROOM-(N-1)
 	rate                  float64 // messages a second, all senders together
@@ -105,7 +107,7 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 	fs.StringVar(&o.url, "url", "http://127.0.0.1:8080", "the server: a loopback address only")
 	fs.StringVar(&o.transport, "transport", "websocket", "websocket or polling")
 	fs.StringVar(&o.room, "room", "general", "the room; any other than general is joined with join_room")
-	fs.StringVar(&o.peer, "peer", "chat", "the server: chat (this one), gorilla (gorilla/websocket's chat example) or socketio (Socket.IO's chat)")
+	fs.StringVar(&o.peer, "peer", "chat", "the server: chat (this one), gorilla (gorilla/websocket's chat example), socketio (Socket.IO's chat) or centrifugo (bench/peer.sh starts each)")
 	fs.IntVar(&o.clients, "clients", 100, "clients in the room")
 	fs.IntVar(&o.rooms, "rooms", 1, "spread the clients over this many rooms, named after -room: general-0, general-1, … (client n in room n mod N)")
 	fs.IntVar(&o.senders, "senders", 10, "how many of the clients send")
@@ -125,16 +127,16 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	case o.transport != "websocket" && o.transport != "polling":
 		return nil, errors.New("-transport is websocket or polling")
-	case o.peer != "chat" && o.peer != "gorilla" && o.peer != "socketio":
-		return nil, errors.New("-peer is chat, gorilla or socketio")
-	case o.peer != "chat" && (o.transport != "websocket" || o.room != "general"):
-		return nil, errors.New("-peer gorilla and socketio take WebSockets, and have only one room")
+	case !slices.Contains([]string{"chat", "gorilla", "socketio", "centrifugo"}, o.peer):
+		return nil, errors.New("-peer is chat, gorilla, socketio or centrifugo")
+	case o.peer != "chat" && o.transport != "websocket":
+		return nil, errors.New("-peer takes WebSockets only")
+	case (o.peer == "gorilla" || o.peer == "socketio") && (o.room != "general" || o.rooms > 1):
+		return nil, errors.New("-peer gorilla and socketio have only one room: no -room or -rooms")
 	case !regexp.MustCompile(`^[\pL\p{Nd}._-]{1,32}$`).MatchString(o.roomName(o.rooms - 1)): // the server's rule; safe in JSON as it is
 		return nil, errors.New("-room is 1-32 letters, digits, '-', '_' or '.' (with -rooms, its number too)")
 	case o.rooms < 1 || o.rooms > o.clients:
 		return nil, errors.New("-rooms is between 1 and -clients")
-	case o.rooms > 1 && o.peer != "chat":
-		return nil, errors.New("-rooms is for this server: the peers have one room")
 	case o.clients < 1 || o.clients > maxClients || o.idle < 0 || o.idle > maxClients:
 		return nil, fmt.Errorf("-clients and -idle are at most %d", maxClients)
 	case o.senders < 1 || o.senders > o.clients:
