@@ -123,7 +123,6 @@ type server struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	conns  sync.WaitGroup // WebSocket connections and waiting long-polls
-	budget writeBudget    // how often WebSockets may write (speed.go)
 	// outboxLimit is the bytes one session's outbox may hold (outbox.go).
 	outboxLimit int
 	journal     *journal // with -data, where room messages are kept (journal.go); else nil

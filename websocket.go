@@ -59,7 +59,6 @@ type wsConn struct {
 	// them (mu orders one writer before the next).
 	welcome []byte // sent first; nil once it is
 	after   int64  // the seq of the last event written
-	pace    pacer  // spaces the writes when many connections write (speed.go)
 
 	pinger *time.Timer  // the next ping (guarded by mu)
 	busy   atomic.Bool  // the reader is handling a message, so it reads no pongs
@@ -109,7 +108,6 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		conn: conn, net: hj.conn, ctx: ctx, cancel: cancel,
 		more:  newBell(),
 		state: writerRunning, // no writer may start before the welcome is ready
-		pace:  pacer{budget: &srv.budget},
 	}
 
 	// Resume the session the client names, or else (no sid, or a resume
@@ -251,15 +249,13 @@ func (c *wsConn) rest() bool {
 // connection, and no writer starts after it.
 func (c *wsConn) writeLoop() {
 	defer c.running.Done()
-	c.pace.begin()
-	defer c.pace.end()
 	var err error
 	if c.welcome != nil {
 		err = c.write(c.welcome)
 		c.welcome = nil
 	}
 	for err == nil {
-		c.pace.wait() // events that come meanwhile go out in the same write
+		takeTurns() // every other busy connection first: what comes meanwhile goes in the same write (speed.go)
 		// Take the ring before looking (not after: the wake that ctx's
 		// end sends would be lost).
 		select {
@@ -279,7 +275,6 @@ func (c *wsConn) writeLoop() {
 				c.s.srv.metrics.wroteBatch(last - c.after)
 				c.after = last
 				c.s.markDelivered(c, last)
-				c.pace.wrote()
 			}
 		}
 		writeBuffers.put(buf)

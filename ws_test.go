@@ -305,7 +305,22 @@ func TestIdleHasNoWriter(t *testing.T) {
 	for _, c := range clients {
 		c.waitFor("new_message")
 	}
-	waitUntil(t, waitTimeout, "every writer rested", func() bool { return srv.budget.writers.Load() == 0 })
+	waitUntil(t, waitTimeout, "every writer rested", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		for _, s := range srv.sessions {
+			s.outboxMu.Lock()
+			c := s.transport.(*wsConn)
+			s.outboxMu.Unlock()
+			c.mu.Lock()
+			state := c.state
+			c.mu.Unlock()
+			if state != writerIdle {
+				return false
+			}
+		}
+		return true
+	})
 
 	// And they start again: an event after the rest still arrives.
 	clients[1].emit("send_message", map[string]any{"text": "again"}, 0)
@@ -410,7 +425,7 @@ func TestClientCloseWhileStreaming(t *testing.T) {
 
 // TestWakeWhileWriting pushes bob two events at a time, the second 0 to
 // 300 µs after the first, so that it comes at every point of his writer's
-// run: before it looks, while it writes, while it waits its pace, as it
+// run: before it looks, while it writes, while it takes turns, as it
 // rests. Each must arrive, once and in order (the client checks seq), and
 // no second writer may start (-race). The narrowest case, a push between
 // the writer's last look and its rest, is about one sync.Pool.Put wide:
