@@ -123,6 +123,8 @@ type server struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	conns  sync.WaitGroup // WebSocket connections and waiting long-polls
+	// writers runs the WebSocket writers (speed.go).
+	writers writerPool
 	// outboxLimit is the bytes one session's outbox may hold (outbox.go).
 	outboxLimit int
 	journal     *journal // with -data, where room messages are kept (journal.go); else nil
@@ -174,6 +176,7 @@ func newServer(cfg config) *server {
 	// nothing.
 	srv.nextID = time.Now().UnixMicro()
 	srv.ctx, srv.cancel = context.WithCancelCause(context.Background())
+	srv.writers = writerPool{next: make(chan *wsConn), done: srv.ctx.Done()}
 
 	// The story in routes: plain HTTP first (pages.go), then the two
 	// transports that carry events (websocket.go, poll.go).

@@ -82,3 +82,54 @@ func TestEventRing(t *testing.T) {
 		t.Errorf("the array holds %d for %d events: it grew while it had room", len(r.events), r.len())
 	}
 }
+
+// TestWriterPoolBounded: at most maxParked goroutines wait for a writer to
+// run; the others end at once, and the waiting ones end when the server
+// closes. (That a writer's run on a waiting goroutine delivers is every
+// WebSocket test's business: they all go through writerPool.)
+func TestWriterPoolBounded(t *testing.T) {
+	done := make(chan struct{})
+	p := writerPool{next: make(chan *wsConn), done: done}
+	const extra = 10
+	ended := make(chan *wsConn, maxParked+extra)
+	for range maxParked + extra {
+		go func() { ended <- p.wait() }()
+	}
+	for range extra {
+		select {
+		case c := <-ended:
+			if c != nil {
+				t.Fatalf("wait returned %v with nothing to run", c)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatalf("%d goroutines wait: none ended past maxParked (%d)", maxParked+extra, maxParked)
+		}
+	}
+	// The pool now has maxParked waiting: a writer to run goes to one.
+	waitUntil(t, waitTimeout, "maxParked waiting", func() bool { return p.parked.Load() == maxParked })
+	c := &wsConn{}
+	select {
+	case p.next <- c:
+	case <-time.After(waitTimeout):
+		t.Fatal("no waiting goroutine took a writer")
+	}
+	select {
+	case got := <-ended:
+		if got != c {
+			t.Fatalf("a waiting goroutine got %v, want the writer's connection", got)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the goroutine that took the writer did not return it")
+	}
+	close(done)
+	for range maxParked - 1 {
+		select {
+		case c := <-ended:
+			if c != nil {
+				t.Fatalf("wait returned %v after the close", c)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("waiting goroutines did not end when the server closed")
+		}
+	}
+}
