@@ -52,9 +52,10 @@ func takeTurns() { runtime.Gosched() }
 // that have run one before. A writer runs only while its connection has
 // something to send, so a quiet room's message starts one for each member;
 // a new goroutine starts with a 2 KiB stack, and coder/websocket's write
-// path needs 8: the runtime copied each new writer's stack as it grew. A
-// goroutine whose writer is done waits here for the next, with its stack
-// grown, unless maxParked already wait; the others end.
+// path needs more: the runtime copied each new writer's stack as it grew,
+// and a profile showed it. A goroutine whose writer is done waits here for
+// the next, with its stack grown, unless maxParked already wait; the
+// others end.
 // Buys: a quiet room's messages cost less CPU (README, Every trick pays its
 // way), for at most maxParked stacks kept.
 type writerPool struct {
@@ -63,7 +64,7 @@ type writerPool struct {
 	done   <-chan struct{} // the server is closing: the waiting ones end
 }
 
-// maxParked bounds the goroutines kept waiting (8 KiB of stack each).
+// maxParked bounds the goroutines kept waiting, a few KiB of stack each.
 const maxParked = 256
 
 // run runs c's writer on a waiting goroutine, or on a new one.
