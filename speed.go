@@ -6,8 +6,8 @@
 //
 //   - takeTurns: between two writes, a connection lets every other busy
 //     one go first, and then sends everything that came meanwhile in one
-//     write. Buys the 1,000-client room and many small rooms: far fewer
-//     system calls per delivery; and a quiet room's message leaves at once.
+//     write. Buys a crowded room fewer system calls per delivery while the
+//     server is behind, and a quiet room's message leaves at once.
 //   - writerPool: a writer runs on a goroutine whose stack has grown
 //     already, instead of a new one that grows it again.
 //   - gatheredConn: a message goes to the network in one system call, and
@@ -37,25 +37,27 @@ import (
 )
 
 // takeTurns is what a WebSocket writer does between two writes: it lets
-// every other goroutine that is ready to run go first (runtime.Gosched puts
-// it at the back of the queue for the core). While the server keeps up,
+// the other goroutines that are ready to run go first (runtime.Gosched puts
+// it at the back of the runtime's global run queue: roughly, every other
+// ready goroutine runs before it comes back). While the server keeps up,
 // nobody is waiting and it goes on at once: a quiet room's message leaves
 // the moment it is pushed. While the server is behind, its turn comes back
 // only after every other busy connection has had one, and it sends in one
 // write everything that came meanwhile: the more connections are busy, the
 // more each write carries, with no clock and no setting.
-// Buys: the 1,000-client room and many small rooms keep up at a fraction of
-// the system calls, and a room that is not busy waits for nothing.
+// Buys: a crowded room keeps up at a fraction of the system calls, a server
+// past its core falls behind more slowly, and a room that is not busy waits
+// for nothing.
 func takeTurns() { runtime.Gosched() }
 
 // writerPool runs the WebSocket writers (wsConn.writeLoop) on goroutines
 // that have run one before. A writer runs only while its connection has
 // something to send, so a quiet room's message starts one for each member;
-// a new goroutine starts with a 2 KiB stack, and coder/websocket's write
+// a new goroutine starts with a small stack, and coder/websocket's write
 // path needs more: the runtime copied each new writer's stack as it grew,
 // and a profile showed it. A goroutine whose writer is done waits here for
-// the next, with its stack grown, unless maxParked already wait; the
-// others end.
+// the next, with its stack grown (until a garbage collection shrinks it),
+// unless maxParked already wait; the others end.
 // Buys: a quiet room's messages cost less CPU (README, Every trick pays its
 // way), for at most maxParked stacks kept.
 type writerPool struct {

@@ -137,7 +137,7 @@ func (srv *server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	c.s, c.after, c.welcome = s, after, srv.encodeWelcome(s, resumed)
 	srv.metrics.websockets.Add(1)
 	c.running.Add(1)
-	srv.writers.run(c)
+	srv.writers.run(c)             // writeLoop, on a goroutine of its own (a reused one: speed.go)
 	context.AfterFunc(ctx, c.wake) // whenever ctx ends, a writer runs and closes the connection
 	c.mu.Lock()
 	c.pinger = time.AfterFunc(srv.cfg.PingEvery, c.ping)
@@ -220,7 +220,7 @@ func (c *wsConn) wake() {
 	case writerIdle:
 		c.state = writerRunning
 		c.running.Add(1)
-		c.s.srv.writers.run(c)
+		c.s.srv.writers.run(c) // writeLoop, on a goroutine of its own (a reused one: speed.go)
 	}
 }
 

@@ -310,8 +310,11 @@ func TestIdleHasNoWriter(t *testing.T) {
 		defer srv.mu.Unlock()
 		for _, s := range srv.sessions {
 			s.outboxMu.Lock()
-			c := s.transport.(*wsConn)
+			c, ok := s.transport.(*wsConn)
 			s.outboxMu.Unlock()
+			if !ok {
+				return false // every client here is connected: wait for it
+			}
 			c.mu.Lock()
 			state := c.state
 			c.mu.Unlock()

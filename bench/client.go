@@ -114,7 +114,7 @@ type loadRun struct {
 	latency          histogram
 
 	mu       sync.Mutex
-	refusals map[string]int // error codes meaning "too much": rate_limited, server_busy
+	refusals map[string]int // error codes meaning "too much" (rate_limited, server_busy), or a peer's error messages
 }
 
 func newLoadRun(o *options, nw *network) *loadRun {
@@ -526,7 +526,8 @@ func (c *client) tally(before, now int64) {
 
 // receivePeer counts the bench messages in a message from a peer: lines of
 // bench texts (gorilla's chat joins the messages waiting for a client with
-// newlines), or one Socket.IO event whose text is one.
+// newlines), one Socket.IO event whose text is one, or lines of Centrifugo
+// pushes, each with one in its data.
 func (c *client) receivePeer(msg []byte) (last []byte) {
 	now := time.Now().UnixNano()
 	before := c.received
@@ -565,7 +566,8 @@ func (c *client) receiveSocketIO(msg []byte) (last []byte) {
 // receiveCentrifugo is receivePeer for Centrifugo's JSON protocol: one
 // reply or push per line. An empty object is a ping, answered with one; the
 // reply to command 2 says the client is subscribed; a reply with an error
-// is a refused publish (or connect, or subscribe).
+// is a refused publish, or a refused connect or subscribe, which ends the
+// client.
 func (c *client) receiveCentrifugo(msg []byte) (last []byte) {
 	for line := range bytes.Lines(msg) {
 		line = bytes.TrimSpace(line)
@@ -579,10 +581,13 @@ func (c *client) receiveCentrifugo(msg []byte) (last []byte) {
 			}
 			json.Unmarshal(line, &e)
 			c.run.refusal(e.Error.Message)
-			if e.ID > 2 {
-				c.run.refused.Add(1)
-				c.refused.Add(1)
+			if e.ID <= 2 { // connect or subscribe refused: this client is done
+				c.end(fmt.Errorf("centrifugo: %s", e.Error.Message))
+				c.cancel()
+				return nil
 			}
+			c.run.refused.Add(1)
+			c.refused.Add(1)
 		case bytes.HasPrefix(line, []byte(`{"id":2,`)):
 			if !isClosed(c.ready) {
 				close(c.ready)

@@ -82,6 +82,7 @@ const (
 	maxRate     = 1_000_000 // messages a second, all senders together
 	maxDuration = 10 * time.Minute
 	overtime    = 3 * time.Minute // for connecting and closing: the hard deadline is -duration + -drain + -hold + this
+	listenWait  = 5 * time.Minute // for the server to listen (a peer may be building)
 )
 
 // serverHint is printed when the server refused clients or messages.
@@ -107,7 +108,7 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 	fs.StringVar(&o.url, "url", "http://127.0.0.1:8080", "the server: a loopback address only")
 	fs.StringVar(&o.transport, "transport", "websocket", "websocket or polling")
 	fs.StringVar(&o.room, "room", "general", "the room; any other than general is joined with join_room")
-	fs.StringVar(&o.peer, "peer", "chat", "the server: chat (this one), gorilla (gorilla/websocket's chat example), socketio (Socket.IO's chat) or centrifugo (bench/peer.sh starts each)")
+	fs.StringVar(&o.peer, "peer", "chat", "the server: chat (this one), or a peer that bench/peer.sh starts: gorilla (gorilla/websocket's chat example), socketio (Socket.IO's chat) or centrifugo")
 	fs.IntVar(&o.clients, "clients", 100, "clients in the room")
 	fs.IntVar(&o.rooms, "rooms", 1, "spread the clients over this many rooms, named after -room: general-0, general-1, … (client n in room n mod N)")
 	fs.IntVar(&o.senders, "senders", 10, "how many of the clients send")
@@ -186,6 +187,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if _, err := readRSS(o.serverPID); err != nil {
 		return fmt.Errorf("-server-pid: %v", err)
 	}
+	if err := waitListening(ctx, base.Host); err != nil {
+		return err
+	}
 	nw, err := newNetwork(base, o.clients, o.perSource)
 	if err != nil {
 		return err
@@ -229,6 +233,26 @@ func loopbackURL(ctx context.Context, raw string) (*url.URL, error) {
 	// IPv4 if there is one: it has more source addresses (client.go).
 	ip := ips[max(0, slices.IndexFunc(ips, func(ip net.IPAddr) bool { return ip.IP.To4() != nil }))].IP
 	return &url.URL{Scheme: "http", Host: net.JoinHostPort(ip.String(), cmp.Or(u.Port(), "80"))}, nil
+}
+
+// waitListening waits, at most listenWait, for the server to accept
+// connections: a server started just before the generator (bench/peer.sh
+// building a peer on first use, Node.js starting) may not listen yet.
+func waitListening(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, listenWait)
+	defer cancel()
+	var d net.Dialer
+	for {
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return conn.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("-url: nothing listens on %s: %v", addr, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // runLoad connects the clients, runs the send window and the drain, closes
@@ -362,7 +386,10 @@ func printCloses(out io.Writer, r *loadRun) {
 	}
 	fmt.Fprintf(out, "lost clients    %d, by why: %v\n", closed, why)
 	if len(r.refusals) > 0 {
-		fmt.Fprintf(out, "refused         %v\n%s\n", r.refusals, serverHint)
+		fmt.Fprintf(out, "refused         %v\n", r.refusals)
+		if r.o.peer == "chat" {
+			fmt.Fprintln(out, serverHint)
+		}
 	}
 }
 
