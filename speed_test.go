@@ -95,14 +95,20 @@ func TestWriterPoolBounded(t *testing.T) {
 	for range maxParked + extra {
 		go func() { ended <- p.wait() }()
 	}
-	for range extra {
+	// returned is what the next goroutine to return from wait returned.
+	returned := func(why string) *wsConn {
+		t.Helper()
 		select {
 		case c := <-ended:
-			if c != nil {
-				t.Fatalf("wait returned %v with nothing to run", c)
-			}
+			return c
 		case <-time.After(waitTimeout):
-			t.Fatalf("%d goroutines wait: none ended past maxParked (%d)", maxParked+extra, maxParked)
+			t.Fatalf("no goroutine returned from wait: %s", why)
+			return nil
+		}
+	}
+	for range extra {
+		if c := returned("none ended past maxParked"); c != nil {
+			t.Fatalf("wait returned %v with nothing to run", c)
 		}
 	}
 	// The pool now has maxParked waiting: a writer to run goes to one.
@@ -113,23 +119,13 @@ func TestWriterPoolBounded(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("no waiting goroutine took a writer")
 	}
-	select {
-	case got := <-ended:
-		if got != c {
-			t.Fatalf("a waiting goroutine got %v, want the writer's connection", got)
-		}
-	case <-time.After(waitTimeout):
-		t.Fatal("the goroutine that took the writer did not return it")
+	if got := returned("the one that took the writer"); got != c {
+		t.Fatalf("a waiting goroutine got %v, want the writer's connection", got)
 	}
 	close(done)
 	for range maxParked - 1 {
-		select {
-		case c := <-ended:
-			if c != nil {
-				t.Fatalf("wait returned %v after the close", c)
-			}
-		case <-time.After(waitTimeout):
-			t.Fatal("waiting goroutines did not end when the server closed")
+		if c := returned("the waiting ones did not end when the server closed"); c != nil {
+			t.Fatalf("wait returned %v after the close", c)
 		}
 	}
 }

@@ -187,7 +187,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if _, err := readRSS(o.serverPID); err != nil {
 		return fmt.Errorf("-server-pid: %v", err)
 	}
-	if err := waitListening(ctx, base.Host); err != nil {
+	if err := waitListening(ctx, base.Host, out); err != nil {
 		return err
 	}
 	nw, err := newNetwork(base, o.clients, o.perSource)
@@ -238,14 +238,18 @@ func loopbackURL(ctx context.Context, raw string) (*url.URL, error) {
 // waitListening waits, at most listenWait, for the server to accept
 // connections: a server started just before the generator (bench/peer.sh
 // building a peer on first use, Node.js starting) may not listen yet.
-func waitListening(ctx context.Context, addr string) error {
+// It says so once if it has to wait, so that a wrong -url shows.
+func waitListening(ctx context.Context, addr string, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, listenWait)
 	defer cancel()
 	var d net.Dialer
-	for {
+	for waited := false; ; waited = true {
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			return conn.Close()
+		}
+		if !waited {
+			fmt.Fprintf(out, "waiting         for %s to listen (at most %v)\n", addr, listenWait)
 		}
 		select {
 		case <-ctx.Done():
