@@ -291,6 +291,10 @@ func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
 	for i, c := range senders {
 		sending.Go(func() { r.sendLoop(ctx, c, i, start) })
 	}
+	newcomers := &probe{r: r} // through the send window and the drain
+	probing, stopProbe := context.WithCancel(ctx)
+	probed := make(chan struct{})
+	go func() { newcomers.run(probing); close(probed) }()
 	sending.Wait()
 	windowEnd, inWindow := time.Now(), r.delivered.Load()
 	// Every message accepted reaches every member of its sender's room.
@@ -316,6 +320,8 @@ func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
 			still++
 		}
 	}
+	stopProbe()
+	<-probed
 	after := measure(o.serverPID)
 	r.closeAll() // the clients' counters may be read once they have stopped
 
@@ -346,6 +352,7 @@ func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
 			float64(r.delivered.Load())/float64(max(r.batches.Load(), 1)))
 	}
 	fmt.Fprintf(out, "latency         %s\n", r.latency.summary())
+	newcomers.report(out)
 	fmt.Fprintf(out, "CPU             %s\n", after.since(before))
 	printCloses(out, r)
 	return nil

@@ -66,6 +66,7 @@ centrifugo)
   "http_server": {"address": "127.0.0.1", "port": $port},
   "log": {"level": "error"},
   "client": {"allow_anonymous_connect_without_token": true, "allowed_origins": ["*"]},
+  "health": {"enabled": true},
   "channel": {"without_namespace": {
     "allow_subscribe_for_anonymous": true, "allow_subscribe_for_client": true,
     "allow_publish_for_anonymous": true, "allow_publish_for_client": true
