@@ -69,6 +69,13 @@ func newNetwork(base *url.URL, conns, perSource int) (*network, error) {
 	return nw, nil
 }
 
+// closeIdle closes the connections the HTTP clients keep for reuse.
+func (nw *network) closeIdle() {
+	for _, c := range nw.clients {
+		c.CloseIdleConnections()
+	}
+}
+
 // onlyLoopback is the dialer's last check before each connection: the
 // address must be loopback, whatever else happened.
 func onlyLoopback(network, address string, _ syscall.RawConn) error {

@@ -5,7 +5,9 @@
 //
 // puts 1,000 WebSocket clients (-transport polling: long-poll clients) in one
 // room, has 10 of them send 500 messages a second in total for 10 s, and
-// reports deliveries, loss, duplicates, throughput, latency and CPU use.
+// reports deliveries, loss, duplicates, throughput, latency and CPU use,
+// and how long a newcomer waits meanwhile for the health page and for a
+// new WebSocket (probe.go).
 //
 //	go run ./bench -clients 10000 -rooms 1000 -senders 1000 -rate 10000 -duration 10s
 //
@@ -194,16 +196,23 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	defer nw.closeIdle()
 
-	// Whatever happens, everything stops at the deadline; the watchdog
-	// makes sure of it even if closing a connection were to hang.
+	// Whatever happens, everything stops at the deadline (or an interrupt);
+	// the watchdog makes sure of it even if closing a connection were to
+	// hang. A run that returns calls it off.
 	ctx, cancel := context.WithTimeout(ctx, o.duration+o.drain+o.hold+overtime)
 	defer cancel()
+	returned := make(chan struct{})
+	defer close(returned) // (before cancel: defers run last first)
 	go func() {
 		<-ctx.Done()
-		time.Sleep(10 * time.Second)
-		fmt.Fprintln(os.Stderr, "bench: still running 10 s after the deadline; exiting")
-		os.Exit(2)
+		select {
+		case <-returned:
+		case <-time.After(10 * time.Second):
+			fmt.Fprintln(os.Stderr, "bench: still running 10 s after the deadline; exiting")
+			os.Exit(2)
+		}
 	}()
 	r := newLoadRun(o, nw)
 	if o.idle > 0 {

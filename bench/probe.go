@@ -1,9 +1,10 @@
 // The newcomer probe: while the clients load the server, is it still there
 // for someone new? A server past its core must still answer a health check
 // and take a new connection, or its operator's load balancer takes it out and
-// its users cannot get in. Every probeEvery, from the start of the send
-// window to the end of the drain, the probe times one GET of the health
-// page and one new WebSocket, one after the other, each within probeWait.
+// its users cannot get in. Every probeEvery (or, after a slower probe, at
+// once), from the start of the send window to the end of the drain, the
+// probe times one GET of the health page and one new WebSocket, one after
+// the other, each within probeWait.
 package main
 
 import (
