@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -92,12 +94,36 @@ func wantLines(t *testing.T, report string, patterns ...string) {
 	}
 }
 
+// TestMain fails the run when goroutines outlive the tests: the bench's
+// clients, its probe and its HTTP connections all end with the run.
+func TestMain(m *testing.M) {
+	before := runtime.NumGoroutine()
+	code := m.Run()
+	if code == 0 {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if runtime.NumGoroutine() > before {
+			buf := make([]byte, 1<<20)
+			fmt.Fprintf(os.Stderr, "goroutines left behind after the tests:\n%s\n", buf[:runtime.Stack(buf, true)])
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// TestBenchAgainstServer runs the bench against the real server, in one
+// room and in several, with the probe every 100 ms.
 func TestBenchAgainstServer(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the bench reads the server's CPU and memory from /proc")
 	}
+	if testing.Short() {
+		t.Skip("builds and runs the server: not in -short")
+	}
 	base, pid := startServer(t)
-	common := []string{"-url", base, "-server-pid", strconv.Itoa(pid), "-duration", "1500ms", "-drain", "3s"}
+	common := []string{"-url", base, "-server-pid", strconv.Itoa(pid), "-duration", "1500ms", "-drain", "3s", "-probe", "100ms"}
 
 	t.Run("OneRoom", func(t *testing.T) {
 		report := runBench(t, append(common, "-clients", "20", "-senders", "2", "-rate", "40")...)
@@ -106,11 +132,19 @@ func TestBenchAgainstServer(t *testing.T) {
 			`^deliveries +expected 1200 \(accepted × 20 receivers\), received 1200$`,
 			`^loss +0 \(0\.000%, 0 clients missed some\), duplicates 0, from another room 0$`,
 			`^latency +p50 `,
-			// three probes at least in 1.5 s of sending; each answered
-			`^newcomers +every 500ms, GET /healthz: ([3-9]) of ([3-9]) answered, p50 [0-9.]+ms, max [0-9.]+ms$`,
-			`^ +a new WebSocket: ([3-9]) of ([3-9]) answered, p50 [0-9.]+ms, max [0-9.]+ms$`,
 			`^CPU +generator [0-9]+% .*, server [0-9]+%`,
 		)
+		// Every probe that ended was answered, and there were some: a
+		// dozen or more in 1.5 s, unless the machine stalls for seconds.
+		for _, what := range []string{`^newcomers +every 100ms, GET /healthz`, `^ +a new WebSocket`} {
+			m := regexp.MustCompile(`(?m)` + what + `: ([0-9]+) of ([0-9]+) answered, p50 [0-9.]+ms, max [0-9.]+ms$`).FindStringSubmatch(report)
+			if m == nil {
+				m = []string{"", "0", "-"}
+			}
+			if n, _ := strconv.Atoi(m[1]); m[1] != m[2] || n < 3 {
+				t.Errorf("want %s: N of N answered, N at least 3; the report:\n%s", what, report)
+			}
+		}
 		if strings.Contains(report, "failed") {
 			t.Errorf("a probe failed:\n%s", report)
 		}
@@ -126,9 +160,10 @@ func TestBenchAgainstServer(t *testing.T) {
 }
 
 // TestProbeFailures: a server whose health page fails and that has no
-// WebSocket endpoint shows as failed probes, each said why, not as a
-// hung or silent run.
+// WebSocket endpoint shows as failed probes, each counted once under one
+// reason, not as a hung or a silent run.
 func TestProbeFailures(t *testing.T) {
+	t.Parallel()
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "down", http.StatusServiceUnavailable)
 	}))
@@ -138,17 +173,24 @@ func TestProbeFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nw.closeIdle()
-	p := &probe{r: &loadRun{o: &options{peer: "chat"}, nw: nw}}
-	ctx, cancel := context.WithTimeout(context.Background(), probeEvery*5/2) // two probes
+	p := newProbe(&loadRun{o: &options{peer: "chat"}, nw: nw}, 20*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	p.run(ctx)
+	p.hc.CloseIdleConnections()
 	var out strings.Builder
 	p.report(&out)
-	wantLines(t, out.String(),
-		`^newcomers +every 500ms, GET /healthz: 0 of 2 answered$`,
-		`^ +a new WebSocket: 0 of 2 answered$`,
-		`^ +failed 2×: health: HTTP 503$`,
-		`^ +failed 2×: connect: .*503`,
+	report := out.String()
+	health := regexp.MustCompile(`(?m)^newcomers +every 20ms, GET /healthz: 0 of ([0-9]+) answered$`).FindStringSubmatch(report)
+	connect := regexp.MustCompile(`(?m)^ +a new WebSocket: 0 of ([0-9]+) answered$`).FindStringSubmatch(report)
+	if health == nil || connect == nil || health[1] == "0" || connect[1] == "0" {
+		t.Fatalf("want some probes of each, none answered; the report:\n%s", report)
+	}
+	wantLines(t, report,
+		`^ +failed `+health[1]+`×: health: HTTP 503$`,
+		`^ +failed `+connect[1]+`×: connect: .*status code 101 but got 503$`,
 	)
+	if n := len(regexp.MustCompile(`(?m)^ +failed [0-9]+×`).FindAllString(report, -1)); n != 2 {
+		t.Errorf("want the failures under two reasons, got %d lines:\n%s", n, report)
+	}
 }

@@ -69,7 +69,8 @@ func newNetwork(base *url.URL, conns, perSource int) (*network, error) {
 	return nw, nil
 }
 
-// closeIdle closes the connections the HTTP clients keep for reuse.
+// closeIdle closes the connections the HTTP clients keep for reuse, which
+// would otherwise outlive the run, each with two goroutines.
 func (nw *network) closeIdle() {
 	for _, c := range nw.clients {
 		c.CloseIdleConnections()
@@ -453,22 +454,32 @@ func (c *client) end(err error) {
 	if c.ctx.Err() != nil {
 		return
 	}
+	c.closedBy = errorKind(err)
+	var ce websocket.CloseError
+	var he httpError
+	if errors.As(err, &ce) && ce.Code == websocket.StatusTryAgainLater || errors.As(err, &he) && he.status == http.StatusServiceUnavailable {
+		c.run.refusal("server_busy")
+	}
+}
+
+// errorKind is err as a report counts it, alike for every connection: a
+// close code and reason ("1008 too slow"), an HTTP status ("HTTP 404
+// unknown_session"), a network operation and its error without the
+// addresses, which differ from connection to connection ("read: connection
+// reset by peer"), or else the error.
+func errorKind(err error) string {
 	var ce websocket.CloseError
 	var he httpError
 	var op *net.OpError
 	switch {
 	case errors.As(err, &ce):
-		c.closedBy = fmt.Sprintf("%d %s", ce.Code, ce.Reason)
+		return fmt.Sprintf("%d %s", ce.Code, ce.Reason)
 	case errors.As(err, &he):
-		c.closedBy = he.Error()
+		return he.Error()
 	case errors.As(err, &op):
-		c.closedBy = op.Op + ": " + op.Err.Error() // without the addresses, which differ from client to client
-	default:
-		c.closedBy = err.Error()
+		return op.Op + ": " + op.Err.Error()
 	}
-	if ce.Code == websocket.StatusTryAgainLater || he.status == http.StatusServiceUnavailable {
-		c.run.refusal("server_busy")
-	}
+	return err.Error()
 }
 
 // receive handles one message from the server, one envelope or a JSON
@@ -730,22 +741,39 @@ func (h *histogram) record(ns int64) {
 	storeMax(&h.max, ns)
 }
 
+// total is how many were recorded.
+func (h *histogram) total() (n int64) {
+	for b := range h.counts {
+		n += h.counts[b].Load()
+	}
+	return n
+}
+
+// quantiles returns, in ms, the value at each fraction q of the samples
+// (sorted): a bucket's middle, but never above the largest sample.
+func (h *histogram) quantiles(q ...float64) []float64 {
+	total, seen, ms := h.total(), int64(0), []float64{}
+	for b := 0; b < len(h.counts) && len(ms) < len(q); b++ {
+		for seen += h.counts[b].Load(); len(ms) < len(q) && float64(seen) >= q[len(ms)]*float64(total); {
+			ms = append(ms, min(math.Expm1((float64(b)+0.5)/50)/1000, h.maxMS()))
+		}
+	}
+	return ms
+}
+
+func (h *histogram) maxMS() float64 { return float64(h.max.Load()) / 1e6 }
+
 // summary is "p50 … p90 … p99 … max …", in milliseconds.
 func (h *histogram) summary() string {
-	var total, seen int64
-	for b := range h.counts {
-		total += h.counts[b].Load()
-	}
+	total := h.total()
 	if total == 0 {
 		return "no deliveries"
 	}
 	s := ""
-	for b, q := 0, 0; b < len(h.counts) && q < 3; b++ {
-		for seen += h.counts[b].Load(); q < 3 && float64(seen) >= []float64{.5, .9, .99}[q]*float64(total); q++ {
-			s += fmt.Sprintf("p%s %.2fms  ", []string{"50", "90", "99"}[q], math.Expm1((float64(b)+0.5)/50)/1000)
-		}
+	for i, ms := range h.quantiles(.5, .9, .99) {
+		s += fmt.Sprintf("p%s %.2fms  ", []string{"50", "90", "99"}[i], ms)
 	}
-	return fmt.Sprintf("%smax %.2fms (%d samples)", s, float64(h.max.Load())/1e6, total)
+	return fmt.Sprintf("%smax %.2fms (%d samples)", s, h.maxMS(), total)
 }
 
 // storeMax sets a to v if v is larger.

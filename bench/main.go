@@ -100,7 +100,8 @@ type options struct {
 	size                  int     // characters in a message's text
 	duration, drain, hold time.Duration
 	idle, serverPID       int
-	perSource             int // connections per loopback source address
+	perSource             int           // connections per loopback source address
+	probe                 time.Duration // how often the newcomer probe tries (probe.go); 0 for never
 }
 
 func parseFlags(args []string, out io.Writer) (*options, error) {
@@ -122,6 +123,7 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 	fs.IntVar(&o.serverPID, "server-pid", 0, "the server's process id, to report its CPU and memory (needed by -idle)")
 	fs.DurationVar(&o.hold, "hold", 5*time.Second, "idle mode: how long the connections stay open")
 	fs.IntVar(&o.perSource, "per-source", 20_000, "connections per source address 127.0.0.1, 127.0.0.2, …")
+	fs.DurationVar(&o.probe, "probe", 500*time.Millisecond, "how often a newcomer probes the health page and a new WebSocket during the run; 0 for never")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -150,6 +152,8 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 		return nil, errors.New("-size is 1 to 2000 (the server's limit)")
 	case min(o.duration, o.drain, o.hold) < 0 || o.duration == 0 || max(o.duration, o.drain, o.hold) > maxDuration:
 		return nil, fmt.Errorf("-duration, -drain and -hold are at most %v", maxDuration)
+	case o.probe != 0 && o.probe < 10*time.Millisecond:
+		return nil, errors.New("-probe is 0 (never) or at least 10ms")
 	case o.idle > 0 && o.serverPID <= 0:
 		return nil, errors.New("-idle needs -server-pid")
 	case o.perSource < 1:
@@ -204,7 +208,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, o.duration+o.drain+o.hold+overtime)
 	defer cancel()
 	returned := make(chan struct{})
-	defer close(returned) // (before cancel: defers run last first)
+	defer close(returned) // deferred after cancel, so it runs first: the watchdog sees returned as soon as ctx ends
 	go func() {
 		<-ctx.Done()
 		select {
@@ -300,10 +304,15 @@ func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
 	for i, c := range senders {
 		sending.Go(func() { r.sendLoop(ctx, c, i, start) })
 	}
-	newcomers := &probe{r: r} // through the send window and the drain
+	newcomers := newProbe(r, o.probe) // through the send window and the drain
 	probing, stopProbe := context.WithCancel(ctx)
 	probed := make(chan struct{})
-	go func() { newcomers.run(probing); close(probed) }()
+	go func() {
+		if o.probe > 0 {
+			newcomers.run(probing)
+		}
+		close(probed)
+	}()
 	sending.Wait()
 	windowEnd, inWindow := time.Now(), r.delivered.Load()
 	// Every message accepted reaches every member of its sender's room.
@@ -329,9 +338,9 @@ func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
 			still++
 		}
 	}
+	after := measure(o.serverPID)
 	stopProbe()
 	<-probed
-	after := measure(o.serverPID)
 	r.closeAll() // the clients' counters may be read once they have stopped
 
 	var received, dups, strays int64
@@ -361,7 +370,9 @@ func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
 			float64(r.delivered.Load())/float64(max(r.batches.Load(), 1)))
 	}
 	fmt.Fprintf(out, "latency         %s\n", r.latency.summary())
-	newcomers.report(out)
+	if o.probe > 0 {
+		newcomers.report(out)
+	}
 	fmt.Fprintf(out, "CPU             %s\n", after.since(before))
 	printCloses(out, r)
 	return nil
