@@ -754,7 +754,8 @@ func (h *histogram) total() (n int64) {
 func (h *histogram) quantiles(q ...float64) []float64 {
 	total, seen, ms := h.total(), int64(0), []float64{}
 	for b := 0; b < len(h.counts) && len(ms) < len(q); b++ {
-		for seen += h.counts[b].Load(); len(ms) < len(q) && float64(seen) >= q[len(ms)]*float64(total); {
+		seen += h.counts[b].Load()
+		for len(ms) < len(q) && float64(seen) >= q[len(ms)]*float64(total) {
 			ms = append(ms, min(math.Expm1((float64(b)+0.5)/50)/1000, h.maxMS()))
 		}
 	}

@@ -307,12 +307,7 @@ func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
 	newcomers := newProbe(r, o.probe) // through the send window and the drain
 	probing, stopProbe := context.WithCancel(ctx)
 	probed := make(chan struct{})
-	go func() {
-		if o.probe > 0 {
-			newcomers.run(probing)
-		}
-		close(probed)
-	}()
+	go func() { newcomers.run(probing); close(probed) }()
 	sending.Wait()
 	windowEnd, inWindow := time.Now(), r.delivered.Load()
 	// Every message accepted reaches every member of its sender's room.
@@ -370,9 +365,7 @@ func (r *loadRun) runLoad(ctx context.Context, out io.Writer) error {
 			float64(r.delivered.Load())/float64(max(r.batches.Load(), 1)))
 	}
 	fmt.Fprintf(out, "latency         %s\n", r.latency.summary())
-	if o.probe > 0 {
-		newcomers.report(out)
-	}
+	newcomers.report(out)
 	fmt.Fprintf(out, "CPU             %s\n", after.since(before))
 	printCloses(out, r)
 	return nil

@@ -59,8 +59,12 @@ func newProbe(r *loadRun, every time.Duration) *probe {
 	}
 }
 
-// run probes until ctx ends: the health page, then a new WebSocket.
+// run probes until ctx ends: the health page, then a new WebSocket. With
+// no interval (-probe 0) it does nothing.
 func (p *probe) run(ctx context.Context) {
+	if p.every <= 0 {
+		return
+	}
 	tick := time.NewTicker(p.every)
 	defer tick.Stop()
 	for n := 0; ; n++ {
@@ -171,8 +175,11 @@ func (p *probe) timeConnect(ctx context.Context, n int) error {
 	return nil
 }
 
-// report is the probe's lines of the summary.
+// report is the probe's lines of the summary, if it probed.
 func (p *probe) report(out io.Writer) {
+	if p.every <= 0 {
+		return
+	}
 	path, _ := p.healthPage()
 	fmt.Fprintf(out, "newcomers       every %v, GET %s: %d of %d answered%s\n",
 		p.every, path, p.health.total(), p.tried[0], timings(&p.health))
