@@ -46,7 +46,8 @@ type probe struct {
 
 	// Written by run only; read once it has returned.
 	health, connect histogram      // how long each answered one took, ns
-	tried           [2]int         // probes of the health page, of a new WebSocket, that ended (answered or failed)
+	healthTried     int            // probes of the health page that ended (answered or failed)
+	connectTried    int            // the same, of a new WebSocket
 	cut             int            // probes cut short by the end of the run
 	failed          map[string]int // why probes failed ("health: HTTP 503"), and how often
 }
@@ -73,21 +74,27 @@ func (p *probe) run(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		for i, try := range []func(context.Context, int) error{p.timeHealth, p.timeConnect} {
-			if ctx.Err() != nil {
-				return
-			}
-			err := try(ctx, n)
-			if err != nil && ctx.Err() != nil {
-				p.cut++ // the run ended first: neither answered nor failed
-				return
-			}
-			if err != nil {
-				p.failed[[]string{"health: ", "connect: "}[i]+probeError(err)]++
-			}
-			p.tried[i]++
+		if !p.count(ctx, "health", &p.healthTried, func() error { return p.timeHealth(ctx) }) ||
+			!p.count(ctx, "connect", &p.connectTried, func() error { return p.timeConnect(ctx, n) }) {
+			return
 		}
 	}
+}
+
+// count runs one probe and counts it as tried, and as failed with why;
+// it reports false if the run ended first (the probe is then cut short:
+// neither answered nor failed).
+func (p *probe) count(ctx context.Context, what string, tried *int, try func() error) bool {
+	err := try()
+	if err != nil && ctx.Err() != nil {
+		p.cut++
+		return false
+	}
+	if err != nil {
+		p.failed[what+": "+probeError(err)]++
+	}
+	*tried++
+	return ctx.Err() == nil
 }
 
 // healthPage is what the probe GETs, and the status it wants: this
@@ -108,7 +115,7 @@ func (p *probe) healthPage() (path string, status int) {
 
 // timeHealth times one GET of the health page, from the dial to the whole
 // answer.
-func (p *probe) timeHealth(ctx context.Context, _ int) error {
+func (p *probe) timeHealth(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, probeWait)
 	defer cancel()
 	path, want := p.healthPage()
@@ -182,9 +189,9 @@ func (p *probe) report(out io.Writer) {
 	}
 	path, _ := p.healthPage()
 	fmt.Fprintf(out, "newcomers       every %v, GET %s: %d of %d answered%s\n",
-		p.every, path, p.health.total(), p.tried[0], timings(&p.health))
+		p.every, path, p.health.total(), p.healthTried, timings(&p.health))
 	fmt.Fprintf(out, "                a new WebSocket: %d of %d answered%s\n",
-		p.connect.total(), p.tried[1], timings(&p.connect))
+		p.connect.total(), p.connectTried, timings(&p.connect))
 	if p.cut > 0 {
 		fmt.Fprintf(out, "                %d cut short by the end of the run\n", p.cut)
 	}
