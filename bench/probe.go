@@ -81,9 +81,9 @@ func (p *probe) run(ctx context.Context) {
 	}
 }
 
-// count runs one probe and counts it as tried, and as failed with why;
-// it reports false if the run ended first (the probe is then cut short:
-// neither answered nor failed).
+// count runs one probe and counts it as tried, and as failed with why. A
+// probe the run's end interrupts is cut short instead: neither answered nor
+// failed. It reports whether the run goes on.
 func (p *probe) count(ctx context.Context, what string, tried *int, try func() error) bool {
 	err := try()
 	if err != nil && ctx.Err() != nil {
