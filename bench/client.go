@@ -777,6 +777,15 @@ func (h *histogram) summary() string {
 	return fmt.Sprintf("%smax %.2fms (%d samples)", s, h.maxMS(), total)
 }
 
+// brief is ", p50 …, max …", in milliseconds, or nothing if h is empty:
+// for a few dozen samples, which have no p99 worth the name.
+func (h *histogram) brief() string {
+	if h.total() == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", p50 %.2fms, max %.2fms", h.quantiles(.5)[0], h.maxMS())
+}
+
 // storeMax sets a to v if v is larger.
 func storeMax(a *atomic.Int64, v int64) {
 	for old := a.Load(); v > old && !a.CompareAndSwap(old, v); old = a.Load() {

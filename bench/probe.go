@@ -189,9 +189,9 @@ func (p *probe) report(out io.Writer) {
 	}
 	path, _ := p.healthPage()
 	fmt.Fprintf(out, "newcomers       every %v, GET %s: %d of %d answered%s\n",
-		p.every, path, p.health.total(), p.healthTried, timings(&p.health))
+		p.every, path, p.health.total(), p.healthTried, p.health.brief())
 	fmt.Fprintf(out, "                a new WebSocket: %d of %d answered%s\n",
-		p.connect.total(), p.connectTried, timings(&p.connect))
+		p.connect.total(), p.connectTried, p.connect.brief())
 	if p.cut > 0 {
 		fmt.Fprintf(out, "                %d cut short by the end of the run\n", p.cut)
 	}
@@ -203,15 +203,6 @@ func (p *probe) report(out io.Writer) {
 	for _, why := range whys {
 		fmt.Fprintf(out, "                failed %d×: %s\n", p.failed[why], why)
 	}
-}
-
-// timings is ", p50 …, max …" of h, or nothing if it is empty. (A few
-// dozen samples have no p99 worth the name.)
-func timings(h *histogram) string {
-	if h.total() == 0 {
-		return ""
-	}
-	return fmt.Sprintf(", p50 %.2fms, max %.2fms", h.quantiles(.5)[0], h.maxMS())
 }
 
 // probeError is why a probe failed, alike for every probe (errorKind): its
