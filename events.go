@@ -141,11 +141,23 @@ var handlers = map[string]func(srv *server, s *session, data json.RawMessage) (a
 	"list_rooms":      (*server).listRooms,
 }
 
-// appliedAgain are the events whose answers are not remembered: a resent
-// one is applied again instead. That is safe (they change nothing twice),
-// and their answers carry a room's history or the whole room list, too big
-// to keep 256 of for every session.
+// appliedAgain are the events whose answers are not remembered: they carry
+// a room's history or the whole room list, too big to keep 256 of for every
+// session. The event itself is remembered instead, where it is no bigger
+// than maxRememberedEvent, and one resent with its ack number is applied
+// again as it was first sent, whatever the resent one says. That is safe:
+// they change nothing twice (joining a room one is in only answers again).
 var appliedAgain = map[string]bool{"join_room": true, "list_rooms": true, "echo_message": true}
+
+// maxRememberedEvent bounds an event of appliedAgain that is remembered, in
+// bytes: about what the answer to a message of maxText characters takes.
+const maxRememberedEvent = 8 << 10
+
+// answered is what a session remembers of an ack number.
+type answered struct {
+	answer []byte          // the encoded answer, to send again
+	event  json.RawMessage // or, for appliedAgain, the event to apply again
+}
 
 // handle applies one envelope and answers it: by ack when it has an ack
 // number, else by an error event if it failed. It reports false when the
@@ -169,9 +181,12 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 		s.pushEvent(encodeAnswer(env.Event, ack, ackData{}, &chatError{"rate_limited", "too many events: slow down"}))
 		return true
 	}
-	if answer, ok := s.acks[ack]; ok {
-		s.push(answer) // a resent event: answered again, not applied again
-		return true
+	if a, ok := s.acks[ack]; ok {
+		if a.event == nil {
+			s.push(a.answer) // a resent event: answered again, not applied again
+			return true
+		}
+		env, _, err = decodeEnvelope(a.event) // applied again, as first sent
 	}
 	var result ackData
 	if err == nil {
@@ -186,17 +201,24 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 		return true // done, and nobody asked to hear so
 	}
 	answer := encodeAnswer(env.Event, ack, result, err)
-	if ack > 0 && !appliedAgain[env.Event] { // (these answers are one part: body is all of it)
-		s.remember(ack, answer.body)
+	switch {
+	case ack == 0:
+	case !appliedAgain[env.Event]: // (these answers are one part: body is all of it)
+		s.remember(ack, answered{answer: answer.body})
+	case len(raw) <= maxRememberedEvent:
+		s.remember(ack, answered{event: bytes.Clone(raw)}) // not a piece of the client's whole message
 	}
 	s.pushEvent(answer)
 	return true
 }
 
-// remember keeps the answer to ack number ack, for a client that sends the
-// same event again: the last rememberedAcks of them. srv.mu is held.
-func (s *session) remember(ack int64, answer []byte) {
-	s.acks[ack] = answer
+// remember keeps what answers ack number ack again, for a client that sends
+// the same event again: the last rememberedAcks of them. srv.mu is held.
+func (s *session) remember(ack int64, a answered) {
+	if _, again := s.acks[ack]; again {
+		return // applied again: remembered already
+	}
+	s.acks[ack] = a
 	s.ackOrder = append(s.ackOrder, ack)
 	if len(s.ackOrder) > rememberedAcks {
 		delete(s.acks, s.ackOrder[0])
@@ -219,11 +241,17 @@ func decodeData(data json.RawMessage, v any) error {
 	return nil
 }
 
+// orGeneral is the room an optional room field names: general where the
+// field is absent (or null). An empty name is a name, and an invalid one.
+func orGeneral(room *string) string {
+	if room == nil {
+		return defaultRoomName
+	}
+	return *room
+}
+
 // memberRoom checks a room name and that s is in that room.
 func memberRoom(s *session, name string) (*room, error) {
-	if name == "" {
-		name = defaultRoomName
-	}
 	if err := validRoom(name); err != nil {
 		return nil, err
 	}
@@ -249,11 +277,15 @@ func (srv *server) echoMessage(s *session, data json.RawMessage) (ackData, error
 // message. The ack carries the message (and duplicate, for a cid sent
 // before).
 func (srv *server) sendMessage(s *session, data json.RawMessage) (ackData, error) {
-	var req struct{ Text, Room, CID string }
+	var req struct {
+		Text string
+		Room *string // optional: nil where absent
+		CID  string  // optional: "" is none
+	}
 	if err := decodeData(data, &req); err != nil {
 		return ackData{}, err
 	}
-	r, err := memberRoom(s, req.Room)
+	r, err := memberRoom(s, orGeneral(req.Room))
 	if err != nil {
 		return ackData{}, err
 	}
@@ -292,9 +324,6 @@ func (srv *server) joinRoom(s *session, data json.RawMessage) (ackData, error) {
 func (srv *server) leaveRoom(s *session, data json.RawMessage) (ackData, error) {
 	var req struct{ Room string }
 	if err := decodeData(data, &req); err != nil {
-		return ackData{}, err
-	}
-	if err := validRoom(req.Room); err != nil {
 		return ackData{}, err
 	}
 	r, err := memberRoom(s, req.Room)
@@ -342,11 +371,11 @@ func (srv *server) setUsername(s *session, data json.RawMessage) (ackData, error
 }
 
 func (srv *server) typingStart(s *session, data json.RawMessage) (ackData, error) {
-	var req struct{ Room string }
+	var req struct{ Room *string }
 	if err := decodeData(data, &req); err != nil {
 		return ackData{}, err
 	}
-	r, err := memberRoom(s, req.Room)
+	r, err := memberRoom(s, orGeneral(req.Room))
 	if err != nil {
 		return ackData{}, err
 	}
@@ -355,11 +384,11 @@ func (srv *server) typingStart(s *session, data json.RawMessage) (ackData, error
 }
 
 func (srv *server) typingStop(s *session, data json.RawMessage) (ackData, error) {
-	var req struct{ Room string }
+	var req struct{ Room *string }
 	if err := decodeData(data, &req); err != nil {
 		return ackData{}, err
 	}
-	r, err := memberRoom(s, req.Room)
+	r, err := memberRoom(s, orGeneral(req.Room))
 	if err != nil {
 		return ackData{}, err
 	}

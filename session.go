@@ -44,7 +44,7 @@ type session struct {
 	key      string // foldName(name): names are unique by it
 	rooms    map[string]*room
 	typing   map[string]*time.Timer // room → timer that turns typing off
-	acks     map[int64][]byte       // ack number → the encoded answer
+	acks     map[int64]answered     // ack number → its answer, or the event to apply again
 	ackOrder []int64                // answered ack numbers, oldest first
 	rate     bucket
 	grace    *time.Timer // runs while no transport is attached
@@ -66,7 +66,7 @@ type session struct {
 	budget       float64   // bytes the session may still be pushed before its events wait (catchUp)
 	budgetAt     time.Time // when budget was last brought up to date (overspent)
 	budgetPushed int       // pushedBytes then
-	slow         bool      // fell more than cfg.Outbox events behind
+	slow         bool      // fell more than cfg.Outbox events, or outboxLimit bytes, behind
 	transport    transport // nil while detached
 }
 
@@ -111,7 +111,7 @@ func (srv *server) openSession(wanted, addr string, t transport) (*session, erro
 		addr:   addr,
 		rooms:  make(map[string]*room),
 		typing: make(map[string]*time.Timer),
-		acks:   make(map[int64][]byte),
+		acks:   make(map[int64]answered),
 		rate:   bucket{tokens: float64(srv.cfg.Burst), at: time.Now()},
 
 		progress: newBell(),
@@ -245,7 +245,7 @@ type endReason string
 
 const (
 	endGrace         endReason = "grace"          // no transport for cfg.Grace
-	endTooSlow       endReason = "too_slow"       // more than cfg.Outbox events behind
+	endTooSlow       endReason = "too_slow"       // more than cfg.Outbox events, or outboxLimit bytes, behind
 	endRefusedResume endReason = "refused_resume" // a resume whose events are gone
 )
 

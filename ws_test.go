@@ -596,7 +596,7 @@ func TestListRooms(t *testing.T) {
 // an error event naming the event.
 func TestErrorCodes(t *testing.T) {
 	t.Parallel()
-	_, ts := startServer(t, nil)
+	_, ts := startServer(t, func(c *config) { c.Burst = 100 }) // two events a case
 	alice := joined(t, ts, "alice")
 	joined(t, ts, "bob")
 	alice.expect("user_joined")
@@ -610,6 +610,9 @@ func TestErrorCodes(t *testing.T) {
 		{"send_message", `{"text":"   "}`, "invalid_message"},
 		{"send_message", `{"text":"x","room":"no such"}`, "invalid_room"},
 		{"send_message", `{"text":"x","room":"elsewhere"}`, "not_in_room"},
+		{"send_message", `{"text":"x","room":""}`, "invalid_room"}, // empty is not absent
+		{"send_message", `{"text":"x","cid":"` + strings.Repeat("c", 65) + `"}`, "bad_request"},
+		{"send_message", `{"text":"x","cid":"a.b"}`, "bad_request"},
 		{"send_message", `{"text":5}`, "bad_request"},
 		{"send_message", `"text"`, "bad_request"},
 		{"join_room", `{"room":""}`, "invalid_room"},
@@ -619,6 +622,8 @@ func TestErrorCodes(t *testing.T) {
 		{"set_username", `{"username":"bob"}`, "username_taken"},
 		{"set_username", `{"username":""}`, "invalid_username"},
 		{"typing_start", `{"room":"elsewhere"}`, "not_in_room"},
+		{"typing_start", `{"room":""}`, "invalid_room"},
+		{"typing_stop", `{"room":""}`, "invalid_room"},
 		{"typing_stop", `{"room":"!"}`, "invalid_room"},
 		{"private_message", `{"to":"zed","text":"x"}`, "user_not_found"},
 		{"private_message", `{"to":"bob","text":""}`, "invalid_message"},
@@ -722,6 +727,62 @@ func TestResentAck(t *testing.T) {
 	_, body := httpGet(t, ts.URL+"/messages?room=general")
 	if n := strings.Count(body, `"once"`); n != 1 {
 		t.Errorf("stored %d times, want once: %s", n, body)
+	}
+}
+
+// TestResentAckAppliedAgain: the events whose answers are too big to keep
+// (join_room, list_rooms, echo_message) are applied again when resent with
+// their ack number, but as first sent: the answer is the first one's, even
+// where the resent event says something else, and nothing happens twice.
+func TestResentAckAppliedAgain(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, nil)
+	alice := joined(t, ts, "alice")
+	bob := joined(t, ts, "bob")
+	bob.sendRaw(`{"event":"join_room","data":{"room":"r2"}}`)
+	bob.expect("room_joined")
+	alice.expect("user_joined")
+
+	alice.sendRaw(`{"event":"echo_message","data":"first","ack":3}`)
+	alice.expect("echo_response")
+	first := alice.expect("ack")
+	alice.sendRaw(`{"event":"echo_message","data":"second","ack":3}`)
+	if got := alice.expect("echo_response"); string(got.Data) != `"first"` {
+		t.Errorf("echo resent with ack 3: got %s, want the first data again", got)
+	}
+	if got := alice.expect("ack"); string(got.Data) != string(first.Data) {
+		t.Errorf("echo resent with ack 3: got %s, want %s", got, first)
+	}
+
+	alice.sendRaw(`{"event":"join_room","data":{"room":"r1"},"ack":4}`)
+	alice.expect("room_joined")
+	first = alice.expect("ack")
+	alice.sendRaw(`{"event":"join_room","data":{"room":"r2"},"ack":4}`)
+	var joined struct{ Room string }
+	alice.expect("room_joined").decode(t, &joined)
+	again := alice.expect("ack")
+	if joined.Room != "r1" || string(again.Data) != string(first.Data) {
+		t.Errorf("join_room resent with ack 4 names r2: got room_joined %q and %s, want r1 and %s", joined.Room, again, first)
+	}
+	// alice is not in r2: bob, there, heard of nobody joining, and hears
+	// his own message first.
+	bob.sendRaw(`{"event":"send_message","data":{"text":"only me","room":"r2"}}`)
+	if got := bob.expect("new_message"); !strings.Contains(string(got.Data), "only me") {
+		t.Errorf("bob in r2: got %s", got)
+	}
+	alice.sendRaw(`{"event":"send_message","data":{"text":"x","room":"r2"},"ack":5}`)
+	var a ackReply
+	alice.expect("ack").decode(t, &a)
+	if a.OK || a.Error.Code != "not_in_room" {
+		t.Errorf("alice sending to r2: got %+v, want not_in_room", a)
+	}
+
+	// An absent or null room is general.
+	alice.sendRaw(`{"event":"send_message","data":{"text":"to general","room":null}}`)
+	var m struct{ Room string }
+	alice.expect("new_message").decode(t, &m)
+	if m.Room != "general" {
+		t.Errorf("room null: the message went to %q, want general", m.Room)
 	}
 }
 
