@@ -19,11 +19,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
+	"path"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -83,14 +85,18 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return errors.New("-tls-cert and -tls-key go together")
 	}
-	if cfg.Outbox < 1 || cfg.Burst < 1 || cfg.Rate <= 0 || cfg.MaxSessions < 1 || cfg.SessionsPerIP < 1 || cfg.Grace <= 0 || cfg.PollTimeout <= 0 ||
+	if cfg.Outbox < 1 || cfg.Burst < 1 || !(cfg.Rate > 0 && cfg.Rate < math.Inf(1)) || cfg.MaxSessions < 1 || cfg.SessionsPerIP < 1 || cfg.Grace <= 0 || cfg.PollTimeout <= 0 ||
 		cfg.History < 0 || cfg.PresenceLimit < 0 {
-		return errors.New("-outbox, -burst, -rate, -max-sessions, -sessions-per-ip, -grace and -poll-timeout must be positive; -history and -presence-limit not negative")
+		return errors.New("-outbox, -burst, -rate, -max-sessions, -sessions-per-ip, -grace and -poll-timeout must be positive (and -rate a number); -history and -presence-limit not negative")
 	}
 	for o := range strings.SplitSeq(*origins, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			cfg.Origins = append(cfg.Origins, o)
+		if o = strings.TrimSpace(o); o == "" {
+			continue
 		}
+		if _, err := path.Match(o, ""); err != nil { // a pattern that could never match
+			return fmt.Errorf("-origins: %q is not a pattern (path.Match syntax): %v", o, err)
+		}
+		cfg.Origins = append(cfg.Origins, o)
 	}
 	for p := range strings.SplitSeq(*trustProxy, ",") {
 		if p = strings.TrimSpace(p); p == "" {

@@ -173,7 +173,8 @@ func TestPortEnvironment(t *testing.T) {
 
 func TestRunFlags(t *testing.T) {
 	t.Parallel()
-	for _, args := range [][]string{{"-nope"}, {"-outbox", "0"}, {"-grace", "0s"}, {"-poll-timeout", "0s"}, {"stray"}, {"-addr", "127.0.0.1:notaport"}} {
+	for _, args := range [][]string{{"-nope"}, {"-outbox", "0"}, {"-grace", "0s"}, {"-poll-timeout", "0s"}, {"stray"}, {"-addr", "127.0.0.1:notaport"},
+		{"-rate", "NaN"}, {"-rate", "+Inf"}, {"-rate", "0"}, {"-burst", "0"}, {"-origins", "example.com,["}, {"-trust-proxy", "bad"}} {
 		if err := run(context.Background(), args, io.Discard); err == nil {
 			t.Errorf("run %q: got no error", args)
 		}
