@@ -92,6 +92,50 @@ test('a page forced to long-polling chats with one on a WebSocket', { timeout: 6
   nothingWentWrong(alice, bob)
 })
 
+test('long-polling sends a backlog of long messages in posts the server takes', { timeout: 60_000 }, async t => {
+  // Twenty messages of 1,500 Chinese characters: 4.5 KB each once sent,
+  // though 1,500 in JavaScript's length. They queue behind a post held
+  // back, then go in as few posts as fit the server's 64 KiB each.
+  const server = await serve(t)
+  const alice = await openChat(t, browser, server, 'alice', { query: '?transport=polling' })
+  const bob = await openChat(t, browser, server, 'bob')
+  await connected(alice, 'polling')
+  let release
+  const held = new Promise(resolve => { release = resolve })
+  const bodies = []
+  await alice.route(url => url.pathname === '/poll' && url.searchParams.has('sid'), async route => {
+    if (route.request().method() !== 'POST') return route.continue()
+    const first = bodies.length === 0
+    bodies.push(Buffer.byteLength(route.request().postData() ?? ''))
+    if (first) await held
+    await route.continue()
+  })
+  const texts = Array.from({ length: 20 }, (_, i) => `${i} ` + '漢'.repeat(1500))
+  for (const text of texts) await send(alice, text)
+  await eventually(async () => assert.equal(await alice.locator('.message.pending').count(), 20))
+  release()
+  for (const text of texts) await waitForMessage(bob, text)
+  for (const text of texts) await waitForMessage(alice, text)
+  assert.ok(bodies.length >= 3, `posts: ${bodies}`)
+  assert.ok(bodies.every(n => n <= 64 << 10), `bytes in each post: ${bodies}`)
+  assert.equal(await alice.locator('.message.pending').count(), 0)
+  nothingWentWrong(alice, bob)
+})
+
+test('messages refused for the rate go again by themselves and arrive once each', { timeout: 60_000 }, async t => {
+  const server = await serve(t, { args: ['-rate', '2', '-burst', '3'] })
+  const alice = await openChat(t, browser, server, 'alice')
+  const bob = await openChat(t, browser, server, 'bob')
+  const texts = Array.from({ length: 6 }, (_, i) => `quick ${i}`)
+  for (const text of texts) await send(alice, text)
+  for (const text of texts) await waitForMessage(bob, text)
+  for (const text of texts) assert.equal(await countMessages(bob, text), 1, text)
+  await eventually(async () => assert.equal(await alice.locator('.message.pending').count(), 0))
+  // The page said why they were slow to go.
+  assert.equal(await alice.locator('#message-error').textContent(), 'Too many events: slow down')
+  nothingWentWrong(alice, bob)
+})
+
 test('the typing indicator shows on the other pages and clears by itself', { timeout: 60_000 }, async t => {
   const server = await serve(t)
   const alice = await openChat(t, browser, server, 'alice')
