@@ -291,8 +291,7 @@ func (r *room) sent(username, cid string) (message, bool) {
 // roomJoined is the data of room_joined (and of join_room's ack):
 // encodeJoined writes it.
 type roomJoined struct {
-	room    *room
-	users   []string // the first cfg.PresenceLimit names
+	room    *room // its users list (the first cfg.PresenceLimit names) is kept encoded: usersList
 	count   int
 	history [][]byte // the messages' JSON, comma-separated: historyList
 }
@@ -312,7 +311,7 @@ func (srv *server) join(s *session, name string, since int64) (*roomJoined, erro
 		s.rooms[name] = r
 		srv.announce(r, s, "user_joined", userEvent{r.name, s.name})
 	}
-	joined := &roomJoined{room: r, users: r.users.names(r.members), count: len(r.members), history: r.shared.since(r.history, since)}
+	joined := &roomJoined{room: r, count: len(r.members), history: r.shared.since(r.history, since)}
 	s.pushEvent(encodeJoined(`{"event":"room_joined","data":{`, joined))
 	return joined, nil
 }

@@ -62,11 +62,12 @@ type metrics struct {
 func newMetrics() *metrics {
 	return &metrics{
 		ended: newLabeled("reason", string(endGrace), string(endTooSlow), string(endRefusedResume)),
-		// The codes handle can answer (PROTOCOL.md section 4); the others
-		// (server_busy, too_large, unknown_session) refuse a connection or
-		// a request, not an event.
+		// The codes handle can answer (PROTOCOL.md section 4), server_busy
+		// for a message the journal could not store; the others (too_large,
+		// unknown_session) refuse a request, not an event.
 		refused: newLabeled("code", "bad_request", "unknown_event", "rate_limited", "invalid_username",
-			"username_taken", "invalid_room", "not_in_room", "too_many_rooms", "invalid_message", "user_not_found"),
+			"username_taken", "invalid_room", "not_in_room", "too_many_rooms", "invalid_message", "user_not_found",
+			"server_busy"),
 	}
 }
 
@@ -145,7 +146,7 @@ func (srv *server) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	e.int("chat_connections", `transport="polling"`, m.polling.Load())
 	e.family("chat_rooms_live", "gauge", "Rooms with at least one member.")
 	e.int("chat_rooms_live", "", int64(rooms-kept))
-	e.family("chat_rooms_kept", "gauge", "Rooms with no member, kept for their history (at most 1,000).")
+	e.family("chat_rooms_kept", "gauge", "Rooms with no member, kept for their history.")
 	e.int("chat_rooms_kept", "", int64(kept))
 
 	e.family("chat_messages_stored_total", "counter", "Room messages stored, from events and from the form alike.")

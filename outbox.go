@@ -98,9 +98,10 @@ func (s *session) push(body []byte) {
 // pushEvent is push for an event in parts (wire.go, outEvent); its seq is
 // given here.
 //
-// A session that falls more than cfg.Outbox events behind its client is a
-// slow reader: its transport is closed at once (1008, "too slow") so that it
-// never holds back anyone else, and the session is ended by dropSlow.
+// A session that falls more than cfg.Outbox events, or outboxLimit bytes,
+// behind its client is a slow reader: its transport is closed at once
+// (1008, "too slow") so that it never holds back anyone else, and the
+// session is ended by dropSlow.
 func (s *session) pushEvent(e outEvent) {
 	s.outboxMu.Lock()
 	defer s.outboxMu.Unlock()

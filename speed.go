@@ -1,5 +1,8 @@
 // What exists only for speed and memory. A reader can skip this file: the
-// chat works the same without any of it, only slower or bigger. Each piece
+// chat would work the same with the plain version of each piece (a loop, a
+// new goroutine, a bufio.Writer, a new buffer), only slower or bigger. The
+// two rules of a write that live here, its deadline and a gathered close
+// frame sent before the close, are in gatheredConn's comment. Each piece
 // sits behind a name of its own (a type or a function) that the rest of the
 // code calls where it needs it, and each says in a line what it buys;
 // README, Performance, has the measurements.

@@ -16,7 +16,8 @@
 // its session's number and the closing brace as it sends (outEvent.append).
 // Several events waiting together go out as one JSON array.
 //
-// The one event without a seq is welcome, the first of every connection.
+// The one event without a seq is welcome, the first of every WebSocket and
+// the answer to the POST that opens a long-poll session.
 package main
 
 import (
