@@ -201,7 +201,7 @@ func (srv *server) formBucket(ip string) *bucket {
 	now := time.Now()
 	if len(srv.formRate) >= 1024 {
 		for k, b := range srv.formRate {
-			if b.tokens+now.Sub(b.at).Seconds()*srv.cfg.Rate >= float64(srv.cfg.Burst) {
+			if b.full(srv.cfg.Rate, srv.cfg.Burst, now) {
 				delete(srv.formRate, k)
 			}
 		}

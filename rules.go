@@ -82,11 +82,23 @@ type bucket struct {
 
 // take reports whether one event may pass now.
 func (b *bucket) take(rate float64, burst int, now time.Time) bool {
-	b.tokens = min(float64(burst), b.tokens+now.Sub(b.at).Seconds()*rate)
-	b.at = now
+	b.refill(rate, burst, now)
 	if b.tokens < 1 {
 		return false
 	}
 	b.tokens--
 	return true
+}
+
+// full reports whether the bucket is full now: its client has been quiet
+// for long enough that forgetting the bucket changes nothing.
+func (b *bucket) full(rate float64, burst int, now time.Time) bool {
+	b.refill(rate, burst, now)
+	return b.tokens >= float64(burst)
+}
+
+// refill adds the tokens of the time since the bucket was last looked at.
+func (b *bucket) refill(rate float64, burst int, now time.Time) {
+	b.tokens = min(float64(burst), b.tokens+now.Sub(b.at).Seconds()*rate)
+	b.at = now
 }

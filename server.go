@@ -22,9 +22,9 @@
 // rooms and sessions, appends events to outboxes, and lets go. Nothing ever
 // waits while holding it: sending happens elsewhere, on each connection's
 // own goroutine. (With -data, a new message waits for the disk: chat.go's
-// post lets go of srv.mu meanwhile.) One lock is easy to reason about, and a chat's critical
-// sections are so short that it is not what limits the server (README,
-// Performance).
+// post lets go of srv.mu meanwhile.) One lock is easy to reason about, and
+// a chat's critical sections are so short that it is not what limits the
+// server (README, Performance).
 //
 // The other locks are small and each guards one thing. Where two are held
 // at once, they are taken in this order, never the other way:
@@ -346,6 +346,9 @@ func (srv *server) clientAddress(r *http.Request) string {
 }
 
 // trusted reports whether ip is one of the reverse proxies of -trust-proxy.
+// (PROTOCOL.md says their X-Forwarded-Proto is believed too: nothing here
+// depends on it, since the server builds no absolute URL, and its
+// redirects are relative.)
 func (srv *server) trusted(ip netip.Addr) bool {
 	for _, p := range srv.cfg.TrustProxy {
 		if p.Contains(ip) {

@@ -4,9 +4,10 @@
 // time: the server pushes each event the moment it exists. The rules of a
 // connection here, the way gorilla/websocket's chat example states its own:
 //
-//   - One reader (read). Someone always reads the socket, so the client's
-//     pings and close frames are answered (but for the moments it handles a
-//     message: see ping). It handles each event it reads
+//   - One reader (read, which reads each message on a fresh goroutine:
+//     readNext in speed.go). Someone always reads the socket, so the
+//     client's pings and close frames are answered (but for the moments it
+//     handles a message: see ping). It handles each event it reads
 //     (events.go), and when the connection ends it lets go of the session,
 //     which waits cfg.Grace for the client to come back.
 //   - At most one writer at a time (writeLoop), and only while there is
@@ -29,7 +30,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -337,16 +337,4 @@ func (c *wsConn) ping() {
 		c.pinger.Reset(c.s.srv.cfg.PingEvery)
 	}
 	c.mu.Unlock()
-}
-
-// parseSeq parses an `after` cursor; empty is 0.
-func parseSeq(v string) (int64, error) {
-	if v == "" {
-		return 0, nil
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 0 {
-		return 0, errors.New("not a seq number")
-	}
-	return n, nil
 }

@@ -23,6 +23,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strconv"
 )
 
@@ -158,4 +159,17 @@ func (srv *server) encodeWelcome(s *session, resumed bool) []byte {
 		Resumed  bool   `json:"resumed"`
 	}{sid, username, resumed}})
 	return b
+}
+
+// parseSeq parses an `after` cursor (a WebSocket's resume, a long-poll GET,
+// the page's since); empty is 0.
+func parseSeq(v string) (int64, error) {
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, errors.New("not a seq number")
+	}
+	return n, nil
 }
