@@ -175,9 +175,13 @@ func TestRunFlags(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{{"-nope"}, {"-outbox", "0"}, {"-grace", "0s"}, {"-poll-timeout", "0s"}, {"stray"}, {"-addr", "127.0.0.1:notaport"},
 		{"-rate", "NaN"}, {"-rate", "+Inf"}, {"-rate", "0"}, {"-burst", "0"}, {"-origins", "example.com,["}, {"-trust-proxy", "bad"}} {
-		if err := run(context.Background(), args, io.Discard); err == nil {
+		// Flags taken by mistake would start a server: on a free port, and
+		// only for a second, so that the test fails instead of hanging.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if err := run(ctx, append([]string{"-addr", "127.0.0.1:0"}, args...), io.Discard); err == nil {
 			t.Errorf("run %q: got no error", args)
 		}
+		cancel()
 	}
 	if err := run(context.Background(), []string{"-h"}, io.Discard); err != nil {
 		t.Errorf("run -h: got %v, want the usage and no error", err)
