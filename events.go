@@ -181,7 +181,8 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 		s.pushEvent(encodeAnswer(env.Event, ack, ackData{}, &chatError{"rate_limited", "too many events: slow down"}))
 		return true
 	}
-	if a, ok := s.acks[ack]; ok {
+	a, again := s.acks[ack]
+	if again {
 		if a.event == nil {
 			s.push(a.answer) // a resent event: answered again, not applied again
 			return true
@@ -202,7 +203,7 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 	}
 	answer := encodeAnswer(env.Event, ack, result, err)
 	switch {
-	case ack == 0:
+	case ack == 0 || again: // (again: remembered already)
 	case !appliedAgain[env.Event]: // (these answers are one part: body is all of it)
 		s.remember(ack, answered{answer: answer.body})
 	case len(raw) <= maxRememberedEvent:
@@ -215,9 +216,6 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 // remember keeps what answers ack number ack again, for a client that sends
 // the same event again: the last rememberedAcks of them. srv.mu is held.
 func (s *session) remember(ack int64, a answered) {
-	if _, again := s.acks[ack]; again {
-		return // applied again: remembered already
-	}
 	s.acks[ack] = a
 	s.ackOrder = append(s.ackOrder, ack)
 	if len(s.ackOrder) > rememberedAcks {
