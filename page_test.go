@@ -188,6 +188,24 @@ func TestPageContentSecurityPolicy(t *testing.T) {
 	}
 }
 
+// The page gives a long-poll GET the server's -poll-timeout and some more
+// before it takes the server for gone: a fixed wait shorter than a longer
+// -poll-timeout would reconnect every time the server held a GET.
+func TestPagePollWaitFollowsPollTimeout(t *testing.T) {
+	t.Parallel()
+	for _, hold := range []time.Duration{25 * time.Second, time.Minute} {
+		ts := pageServer(t, func(c *config) { c.PollTimeout = hold })
+		a := pageRequest(t, ts, "GET", "/", nil, nil)
+		m := regexp.MustCompile(`const pollWait = +(\d+) `).FindStringSubmatch(a.body)
+		if m == nil {
+			t.Fatalf("-poll-timeout %v: no pollWait in the page's script", hold)
+		}
+		if want := fmt.Sprint((hold + pollSlack).Milliseconds()); m[1] != want {
+			t.Errorf("-poll-timeout %v: pollWait = %s, want %s", hold, m[1], want)
+		}
+	}
+}
+
 func TestPageAbout(t *testing.T) {
 	t.Parallel()
 	ts := pageServer(t, nil)

@@ -38,6 +38,10 @@ var page = template.Must(template.New("index.html").Funcs(template.FuncMap{
 // pageMessages is how many messages of general the page shows.
 const pageMessages = 50
 
+// pollSlack is how much longer than -poll-timeout the page waits for a
+// long-poll GET before it takes the server for gone and reconnects.
+const pollSlack = 15 * time.Second
+
 // pageCSP is the page's Content-Security-Policy: nothing from other origins,
 // no inline event handlers, and only the inline <script> and <style> that
 // carry this response's nonce. A message that smuggles in markup could not
@@ -72,7 +76,8 @@ func (srv *server) servePage(w http.ResponseWriter, r *http.Request) {
 		Nonce    string
 		CID      string // the form's message: sent twice, stored once
 		Messages []message
-	}{nonce, rand.Text(), messages}); err != nil {
+		PollWait int64 // ms the page gives a long-poll GET before it gives up on the server
+	}{nonce, rand.Text(), messages, (srv.cfg.PollTimeout + pollSlack).Milliseconds()}); err != nil {
 		srv.log.Warn("page", "err", err)
 	}
 }
