@@ -782,10 +782,12 @@ func TestPollCrossSite(t *testing.T) {
 		{"lookalike origin", http.Header{"Origin": {"http://example.org.evil.com"}}, false},
 		{"cross-site fetch", http.Header{"Sec-Fetch-Site": {"cross-site"}}, false},
 		{"cross-site fetch with origin", http.Header{"Origin": {"http://evil.example.com"}, "Sec-Fetch-Site": {"cross-site"}}, false},
+		{"cross-site fetch claiming our origin", http.Header{"Origin": {ts.URL}, "Sec-Fetch-Site": {"cross-site"}}, false},
 		{"same origin", http.Header{"Origin": {ts.URL}, "Sec-Fetch-Site": {"same-origin"}}, true},
 		{"same-origin fetch", http.Header{"Sec-Fetch-Site": {"same-origin"}}, true},
 		{"typed address", http.Header{"Sec-Fetch-Site": {"none"}}, true},
 		{"allowed origin", http.Header{"Origin": {"https://chat.example.org"}}, true},
+		{"allowed origin, cross-site fetch", http.Header{"Origin": {"https://chat.example.org"}, "Sec-Fetch-Site": {"cross-site"}}, true},
 		{"no browser headers", nil, true},
 	}
 	var wantEchoes, wantTexts []string

@@ -279,21 +279,31 @@ func writeRawJSON(w http.ResponseWriter, status int, b []byte) {
 }
 
 // crossSite reports whether a state-changing request comes from another
-// site: its Origin is neither this host nor allowed by -origins, or, without
-// an Origin, the browser's Sec-Fetch-Site says so. Like a WebSocket
-// handshake (coder/websocket checks the same), a form on another site must
-// not post as our users.
+// site: its Origin is not this host, or the browser's Sec-Fetch-Site says
+// "cross-site". An origin that -origins allows is not another site, even
+// though a browser there says "cross-site" too. Like a WebSocket handshake
+// (coder/websocket checks the same), a form on another site must not post
+// as our users.
 func (srv *server) crossSite(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
+	if origin != "" && srv.allowedOrigin(origin) {
+		return false
+	}
+	if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+		return true
+	}
 	if origin == "" {
-		site := r.Header.Get("Sec-Fetch-Site")
-		return site == "cross-site"
+		return false // not a browser, or an old one: nothing says another site
 	}
 	u, err := url.Parse(origin)
+	// "null" and other opaque origins have no host: another site.
+	return err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host)
+}
+
+// allowedOrigin reports whether origin matches a pattern of -origins.
+func (srv *server) allowedOrigin(origin string) bool {
+	u, err := url.Parse(origin)
 	if err != nil || u.Host == "" {
-		return true // "null" and other opaque origins
-	}
-	if strings.EqualFold(u.Host, r.Host) {
 		return false
 	}
 	for _, pattern := range srv.cfg.Origins {
@@ -302,10 +312,10 @@ func (srv *server) crossSite(r *http.Request) bool {
 			target = u.Scheme + "://" + u.Host
 		}
 		if ok, _ := path.Match(strings.ToLower(pattern), strings.ToLower(target)); ok {
-			return false
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 // clientAddress is the key under which per-address limits count a request:
