@@ -35,8 +35,10 @@
 // length sends the reader into later records or past the end, where damage
 // looks like a torn tail and good records would be cut away. The checksum
 // tells a good line from a torn or rotten one (a flipped letter is still
-// JSON). So a bad checksum is a torn tail on the last line, damage on any
-// other; a right checksum over a non-record is damage anywhere.
+// JSON). So a bad checksum on the last line is a torn tail where that line
+// is cut short (no newline) or has a hole of zeros in it (JSON never holds a
+// zero byte); on any other line, or on a whole last line, it is damage, as
+// is a right checksum over a non-record anywhere.
 //
 // The file only grows, but rooms keep only their last -history messages:
 // compact.go rewrites it with what they keep, once it has doubled.
@@ -229,8 +231,8 @@ func readJournal(name string, data []byte, keep int) ([]record, int64, error) {
 			break // torn: the crash came before the newline
 		}
 		r, err := parseLine(data[off : off+n])
-		if errors.Is(err, errChecksum) && off+n+1 == len(data) {
-			break // torn: the newline got to disk, some of the rest did not
+		if errors.Is(err, errChecksum) && off+n+1 == len(data) && (n == 0 || bytes.IndexByte(data[off:off+n], 0) >= 0) {
+			break // torn: the newline got to disk, some of the rest did not (or an empty line: nothing to lose)
 		}
 		if err != nil {
 			return nil, 0, fmt.Errorf("journal: %s is damaged at offset %d: %v", name, off, err)

@@ -738,8 +738,9 @@ func testTornTail(t *testing.T, bin string) {
 	p.stop(t)
 }
 
-// testDamagedMiddle: damage before the last record stops the start with an
-// error on stderr that names the file and the offset of the damaged record,
+// testDamagedMiddle: damage before the last record, or to the last one
+// whole (not cut short, no hole of zeros), stops the start with an error on
+// stderr that names the file and the offset of the damaged record,
 // a non-zero exit, and the file left as it was, byte for byte. Put right,
 // the directory starts again with every message.
 func testDamagedMiddle(t *testing.T, bin string) {
@@ -773,8 +774,18 @@ func testDamagedMiddle(t *testing.T, bin string) {
 		{"a record's newline", 0, func(line []byte) []byte { line[len(line)-1] = ' '; return line }},
 		{"a checksummed line that is no record", 5, func([]byte) []byte { return slices.Clone(notRecord) }},
 		{"the last but one line, zeroed", 6, func(line []byte) []byte { clear(line[:len(line)-1]); return line }},
+		// The last line whole, newline and all, with no hole of zeros: a
+		// crash did not cut it short, something changed it since.
+		{"a letter of the last line's text", 7, func(line []byte) []byte {
+			i := bytes.Index(line, []byte(`"text":"`)) + len(`"text":"`)
+			line[i] ^= 0x20
+			return line
+		}},
 	} {
-		end := starts[damage.line+1]
+		end := len(good)
+		if damage.line+1 < len(starts) {
+			end = starts[damage.line+1]
+		}
 		damaged := slices.Concat(good[:starts[damage.line]], damage.make(slices.Clone(good[starts[damage.line]:end])), good[end:])
 		if err := os.WriteFile(path, damaged, 0o644); err != nil {
 			t.Fatal(err)

@@ -266,6 +266,8 @@ func TestJournalDamaged(t *testing.T) {
 	}{
 		{"a flipped byte in a middle record", func(d []byte) []byte { d[2*line+30] ^= 0x01; return d }, 2 * line},
 		{"a flipped newline", func(d []byte) []byte { d[2*line-1] = 'x'; return d }, line},
+		// Whole, with its newline and no hole of zeros: not torn, rotten.
+		{"a flipped byte in the last record", func(d []byte) []byte { d[3*line+30] ^= 0x01; return d }, 3 * line},
 		{"a right checksum over a non-record, last", func(d []byte) []byte {
 			payload := []byte(`{"id":0}`)
 			return append(d, fmt.Appendf(nil, "%08x %s\n", crc32.Checksum(payload, castagnoli), payload)...)
