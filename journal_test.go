@@ -359,6 +359,9 @@ func FuzzJournalRead(f *testing.F) {
 	f.Add(good[:len(good)-5])
 	f.Add(good[:line+4])
 	f.Add(flipped)
+	lastFlipped := slices.Clone(good)
+	lastFlipped[len(good)-10] ^= 0x20
+	f.Add(lastFlipped)
 	f.Add(append(slices.Clone(good), "\x00\x00\x00\n"...))
 	f.Add([]byte(""))
 	f.Add([]byte("\n"))
