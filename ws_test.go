@@ -560,6 +560,12 @@ func TestPrivateMessage(t *testing.T) {
 	}
 	carol.quiet(50 * time.Millisecond)
 
+	// Matched as names are kept unique: by case and by width.
+	if r := alice.call("private_message", map[string]any{"to": "ＢＯＢ", "text": "wide"}); !r.OK {
+		t.Errorf("to ＢＯＢ: got %s", r.raw)
+	}
+	bob.expect("private_message")
+
 	// To oneself: once.
 	alice.emit("private_message", map[string]any{"to": "alice", "text": "note"}, 0)
 	alice.expect("private_message")
