@@ -10,6 +10,7 @@ package main
 // sequential test has run, so nothing else allocates while they measure.
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -193,6 +194,77 @@ func TestBoundSessionHeap(t *testing.T) {
 	}
 	if n := liveSessions(srv); n != sessions+2 {
 		t.Errorf("got %d sessions, want %d", n, sessions+2)
+	}
+}
+
+// stalledWebSocket opens a WebSocket on a connection of remoteDialer(4096)
+// that reads the handshake's answer, the welcome and the first byte of the
+// next message, and then nothing: the server's writer has begun that
+// message, and waits. The connection closes when the test ends.
+func stalledWebSocket(t *testing.T, ts *httptest.Server, query url.Values) {
+	t.Helper()
+	conn, err := remoteDialer(4096).Dial("tcp", ts.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "GET /ws?%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", query.Encode(), ts.Listener.Addr())
+	conn.SetReadDeadline(time.Now().Add(waitTimeout))
+	r := bufio.NewReaderSize(conn, 16)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("the handshake's answer: %v", err)
+		}
+		if line == "\r\n" {
+			break
+		}
+	}
+	// The welcome: a text frame of fewer than 126 bytes, then the next
+	// message's first byte.
+	head := make([]byte, 2)
+	if _, err := io.ReadFull(r, head); err != nil || head[0] != 0x81 || head[1] >= 126 {
+		t.Fatalf("the welcome's frame: got % x (%v)", head, err)
+	}
+	if _, err := io.ReadFull(r, make([]byte, int(head[1])+1)); err != nil {
+		t.Fatalf("the welcome and what follows: %v", err)
+	}
+}
+
+// TestBoundStalledAnswers: a client that never reads costs the server no
+// copy of what it was sent, although the server waits, for up to
+// writeWait, in the middle of a room_joined that carries a full room's
+// history (1.2 MB encoded): the answer is written from the outbox's own
+// bytes, which the room shares with every joiner. So it is for a
+// WebSocket; for one session resumed again and again by such clients, each
+// replacing the last while its writer still waits; and for a long-poll GET.
+func TestBoundStalledAnswers(t *testing.T) {
+	const conns = 40
+	srv, ts := fullServer(t, ctrlText, func(c *config) { c.PresenceLimit, c.Grace = 0, time.Hour })
+	bob := joined(t, ts, "bob") // (and whatever is made once for every joiner)
+	polling := make([]*pollClient, conns)
+	for i := range polling {
+		polling[i] = newPollClient(t, ts)
+		polling[i].open("") // room_joined waits in its outbox
+	}
+	before := liveHeap()
+	for range conns {
+		stalledWebSocket(t, ts, nil)
+	}
+	for range conns {
+		stalledWebSocket(t, ts, url.Values{"sid": {bob.sid}, "after": {"0"}})
+	}
+	for _, c := range polling {
+		stalledGets(t, ts, "/poll?sid="+c.sid+"&after=0", 1)
+	}
+	per := (liveHeap() - before) / (3 * conns)
+	t.Logf("heap per stalled answer: %d KiB", per>>10)
+	if per > 64<<10 {
+		t.Errorf("each stalled answer holds %d KiB, want under 64 KiB (the history is 1.2 MB encoded)", per>>10)
+	}
+	if n := liveSessions(srv); n != 2*conns+2 {
+		t.Errorf("got %d sessions, want %d", n, 2*conns+2)
 	}
 }
 

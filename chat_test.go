@@ -394,6 +394,11 @@ func BenchmarkFanout(b *testing.B) {
 	conns := make([]*websocket.Conn, clients)
 	received := make([]atomic.Int64, clients)
 	var readers sync.WaitGroup
+	// A client is in the room once it has its room_joined, not when Dial
+	// returns: the server joins it after the handshake. A message sent
+	// before would miss it, and the benchmark would wait for ever.
+	var joined sync.WaitGroup
+	joined.Add(clients)
 	for i := range conns {
 		conn, _, err := websocket.Dial(ctx, wsURL(ts, nil), nil)
 		if err != nil {
@@ -402,14 +407,26 @@ func BenchmarkFanout(b *testing.B) {
 		conn.SetReadLimit(-1)
 		conns[i] = conn
 		readers.Go(func() {
+			first := true
 			for {
 				_, msg, err := conn.Read(ctx)
 				if err != nil {
 					return
 				}
+				if first && bytes.Contains(msg, []byte(`"event":"room_joined"`)) {
+					first = false
+					joined.Done()
+				}
 				received[i].Add(int64(bytes.Count(msg, []byte(`"event":"new_message"`))))
 			}
 		})
+	}
+	allJoined := make(chan struct{})
+	go func() { joined.Wait(); close(allJoined) }()
+	select {
+	case <-allJoined:
+	case <-ctx.Done():
+		b.Fatal("timed out waiting for every client's room_joined")
 	}
 	defer func() {
 		for _, c := range conns {

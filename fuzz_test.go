@@ -37,7 +37,8 @@ func FuzzEnvelope(f *testing.F) {
 		for _, raw := range list {
 			srv.handle(s, raw)
 		}
-		out, last := s.appendEvents(nil, seen, true)
+		waiting, last := s.waiting(nil, seen, 0)
+		out := appendEvents(nil, waiting, true)
 		var events []event
 		if err := json.Unmarshal(out, &events); err != nil {
 			t.Fatalf("the server sent invalid JSON %q: %v", out, err)
@@ -82,7 +83,8 @@ func FuzzPollBody(f *testing.F) {
 		default:
 			t.Fatalf("body %q: status %d", body, rec.Code)
 		}
-		out, last := s.appendEvents(nil, seen, true)
+		events, last := s.waiting(nil, seen, 0)
+		out := appendEvents(nil, events, true)
 		if !json.Valid(out) {
 			t.Fatalf("the server queued invalid JSON: %q", out)
 		}

@@ -146,34 +146,31 @@ func (srv *server) dropSlow(s *session) {
 	srv.endSession(s, endTooSlow)
 }
 
-// appendEvents appends to buf the events after seq `after`, as one JSON
-// value: the envelope alone when there is one and array is false, else a
-// JSON array. It returns the new buffer and the seq of the last event.
-// Once the session has ended there is nothing to send: its transport has
-// been stopped. (One that fell behind keeps its events, for a resume that
-// is refused.)
-func (s *session) appendEvents(buf []byte, after int64, array bool) ([]byte, int64) {
+// waiting appends to events the events after seq `after`, oldest first,
+// and returns them with the seq of the last. Beyond the first, it stops
+// before the one that would take them past limit bytes (0: no limit). The
+// events share their bytes with the outbox: nothing is copied, and the
+// transport sends them with appendEvents or writeEvents (wire.go). None
+// are returned once those after `after` are no longer kept: the session
+// then has a slow reader, and its transport has been stopped.
+func (s *session) waiting(events []outEvent, after int64, limit int) ([]outEvent, int64) {
 	s.outboxMu.Lock()
 	defer s.outboxMu.Unlock()
 	n := int(s.lastSeq - after)
 	if n > s.outbox.len() {
-		n = 0
+		return events, after
 	}
-	array = array || n > 1
-	if array {
-		buf = append(buf, '[')
-	}
-	first := s.outbox.len() - n // the oldest event to send
-	for i := first; i < s.outbox.len(); i++ {
-		if i > first {
-			buf = append(buf, ',')
+	size := 0
+	for i := s.outbox.len() - n; i < s.outbox.len(); i++ {
+		e := s.outbox.at(i)
+		if limit > 0 && size > 0 && size+e.size() > limit {
+			break
 		}
-		buf = s.outbox.at(i).append(buf)
+		size += e.size()
+		events = append(events, e)
+		after = e.seq
 	}
-	if array {
-		buf = append(buf, ']')
-	}
-	return buf, after + int64(n)
+	return events, after
 }
 
 // catchUp holds the client's next event back while its transport is far

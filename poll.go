@@ -169,12 +169,17 @@ func (srv *server) servePollReceive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	msg, last := []byte("[]"), after
+	var events []outEvent // none, and the answer is [], once replaced
+	last := after
 	if !p.replaced.Load() {
-		msg, last = s.appendEvents(make([]byte, 0, 512), after, true)
+		events, last = s.waiting(nil, after, 0)
 	}
-	writeRawJSON(w, http.StatusOK, msg)
-	srv.metrics.written.Add(int64(len(msg)))
+	// Written from the outbox's own bytes (writeEvents): a client that
+	// does not read holds no copy of its answer.
+	jsonHeaders(w)
+	w.WriteHeader(http.StatusOK)
+	n, _ := writeEvents(w, events, true)
+	srv.metrics.written.Add(int64(n))
 	srv.metrics.delivered.Add(last - after)
 }
 

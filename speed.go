@@ -19,8 +19,8 @@
 //     instead of net/http's 4 KiB each.
 //   - readNext: the reader reads each message on a fresh goroutine, whose
 //     stack is small again.
-//   - buffers: scratch buffers taken for one write or one encoding, and given
-//     back, so that an idle connection holds none.
+//   - buffers, eventLists: scratch buffers and lists taken for one write or
+//     one encoding, and given back, so that an idle connection holds none.
 //   - usersList and historyList: a room's users list and history are
 //     encoded once and shared by every joiner's room_joined, instead of
 //     copied into each joiner's outbox.
@@ -151,7 +151,8 @@ type gatheredConn struct {
 	net.Conn
 
 	mu       sync.Mutex
-	gathered *[]byte // from writeBuffers; nil when not gathering
+	gathered *[]byte   // from writeBuffers; nil when not gathering
+	within   time.Time // the deadline of a message written in frames (writeWithin); zero for none
 }
 
 func (c *gatheredConn) Write(p []byte) (int, error) {
@@ -199,8 +200,21 @@ func (c *gatheredConn) send() error {
 // drop the connection without a close frame, and the client would never
 // learn why it was closed.
 func (c *gatheredConn) write(p []byte) (int, error) {
-	c.Conn.SetWriteDeadline(time.Now().Add(writeWait))
+	deadline := c.within
+	if deadline.IsZero() {
+		deadline = time.Now().Add(writeWait)
+	}
+	c.Conn.SetWriteDeadline(deadline)
 	return c.Conn.Write(p)
+}
+
+// writeWithin gives every write until the next call the same deadline, for
+// a message written in frames (wsConn.writeEvents): the whole message must
+// go within writeWait, not each frame. Zero ends it.
+func (c *gatheredConn) writeWithin(deadline time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.within = deadline
 }
 
 // readNext has the reader read the next message on a fresh goroutine, not
@@ -236,6 +250,30 @@ var (
 	writeBuffers  buffers // the messages a writer builds and gathers
 	encodeBuffers buffers // encode's scratch space (wire.go)
 )
+
+// eventLists is a pool of lists of events, each taken by a WebSocket writer
+// for one write (session.waiting) and given back. Buys: a write allocates
+// no list, and an idle connection holds none.
+var eventLists listPool
+
+type listPool struct{ pool sync.Pool }
+
+// get returns an empty list.
+func (p *listPool) get() *[]outEvent {
+	list, _ := p.pool.Get().(*[]outEvent)
+	if list == nil {
+		list = new([]outEvent)
+	}
+	return list
+}
+
+// put gives list back, as events: the list it grew to. They are cleared
+// first, so that the pool holds none of their bytes.
+func (p *listPool) put(list *[]outEvent, events []outEvent) {
+	clear(events)
+	*list = events[:0]
+	p.pool.Put(list)
+}
 
 // usersList is the users list that room_joined carries: the names of a
 // room's first `listed` members (cfg.PresenceLimit), sorted, and the same

@@ -266,18 +266,17 @@ func (c *wsConn) writeLoop() {
 			err = context.Cause(c.ctx)
 			break
 		}
-		buf := writeBuffers.get()
-		var last int64
-		*buf, last = c.s.appendEvents((*buf)[:0], c.after, false)
-		waiting := last > c.after
+		list := eventLists.get()
+		events, last := c.s.waiting((*list)[:0], c.after, maxGathered)
+		waiting := len(events) > 0
 		if waiting {
-			if err = c.write(*buf); err == nil {
+			if err = c.writeEvents(events); err == nil {
 				c.s.srv.metrics.wroteBatch(last - c.after)
 				c.after = last
 				c.s.markDelivered(c, last)
 			}
 		}
-		writeBuffers.put(buf)
+		eventLists.put(list, events)
 		if !waiting && c.rest() {
 			return // drained: the next wake starts a writer again
 		}
@@ -292,6 +291,38 @@ func (c *wsConn) writeLoop() {
 	} else {
 		c.conn.CloseNow() // the peer is gone or broken: no handshake to wait for
 	}
+}
+
+// maxGathered bounds the events one message carries, in bytes, but for a
+// single event bigger than that: a writer that waits on a client that does
+// not read holds at most this much of a copy (twice: write).
+const maxGathered = 32 << 10
+
+// writeEvents sends events in one message. Those that waiting gathered up
+// to maxGathered are copied into one buffer and sent in one system call
+// (write). A bigger one, a single event (a room_joined with a full room's
+// history), is written in frames straight from the outbox's bytes,
+// within writeWait: a client that does not read holds up its writer, but
+// no copy of the message.
+func (c *wsConn) writeEvents(events []outEvent) error {
+	if len(events) > 1 || events[0].size() <= maxGathered {
+		buf := writeBuffers.get()
+		*buf = appendEvents(*buf, events, false)
+		err := c.write(*buf)
+		writeBuffers.put(buf)
+		return err
+	}
+	c.net.writeWithin(time.Now().Add(writeWait))
+	defer c.net.writeWithin(time.Time{})
+	w, err := c.conn.Writer(context.Background(), websocket.MessageText)
+	if err != nil {
+		return err
+	}
+	n, err := writeEvents(w, events, false)
+	if err = errors.Join(err, w.Close()); err == nil {
+		c.s.srv.metrics.written.Add(int64(n))
+	}
+	return err
 }
 
 // write sends one message, within writeWait. coder/websocket frames it, and

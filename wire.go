@@ -21,9 +21,11 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"strconv"
 )
 
@@ -59,6 +61,63 @@ func (e outEvent) append(buf []byte) []byte {
 	buf = strconv.AppendInt(buf, e.seq, 10)
 	return append(buf, '}')
 }
+
+// appendEvents appends events to buf as one JSON value: the envelope alone
+// where there is one and array is false, else a JSON array of them.
+func appendEvents(buf []byte, events []outEvent, array bool) []byte {
+	array = array || len(events) != 1
+	if array {
+		buf = append(buf, '[')
+	}
+	for i, e := range events {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = e.append(buf)
+	}
+	if array {
+		buf = append(buf, ']')
+	}
+	return buf
+}
+
+// writeEvents writes what appendEvents appends, to w, and returns how many
+// bytes that was. The big parts (a room's history, 1.2 MB at most) go to
+// w from the outbox itself: a client that does not read holds up the
+// write, but no copy of the message. The small ones go together, through a
+// buffer of writeEventsBuffer bytes.
+func writeEvents(w io.Writer, events []outEvent, array bool) (int, error) {
+	bw := bufio.NewWriterSize(w, writeEventsBuffer)
+	n := 0
+	put := func(b []byte) {
+		k, _ := bw.Write(b) // (an error stays in bw, for Flush)
+		n += k
+	}
+	array = array || len(events) != 1
+	if array {
+		put(openBracket)
+	}
+	for i, e := range events {
+		if i > 0 {
+			put(comma)
+		}
+		put(e.body)
+		for _, part := range e.list {
+			put(part)
+		}
+		put(e.tail)
+		put(append(strconv.AppendInt(bw.AvailableBuffer(), e.seq, 10), '}'))
+	}
+	if array {
+		put(closeBracket)
+	}
+	return n, bw.Flush()
+}
+
+// writeEventsBuffer is the buffer of writeEvents, in bytes.
+const writeEventsBuffer = 4 << 10
+
+var openBracket, closeBracket = []byte("["), []byte("]")
 
 // encodeEvent encodes an event without its seq: `{"event":…,"data":…,"seq":`.
 func encodeEvent(event string, data any) []byte {
