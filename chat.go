@@ -345,9 +345,13 @@ func (srv *server) leave(s *session, r *room) {
 // forgetIdle bounds the rooms nobody is in. One without history is
 // forgotten at once; one with history is kept for /messages and for the
 // next joiner, but only cfg.MaxIdleRooms of those (srv.idleCap: more just
-// after a restart, until as many have been joined): past that, the one whose
-// last message is oldest goes. Without this cap, a client joining and
-// leaving new names in a loop would grow the map for ever. srv.mu is held.
+// after a restart, until as many have been joined). Without this cap, a
+// client joining and leaving new names in a loop would grow the map for
+// ever. Past it, one goes: the one with the fewest messages, and of those
+// the one whose history began last (worthLess). So a client that fills the
+// server with rooms of its own, a message each, pushes out its own rooms,
+// not those people have used for longer; and general, the page's room, is
+// never forgotten. srv.mu is held.
 func (srv *server) forgetIdle(r *room) {
 	if len(r.members) > 0 || r.writing > 0 { // (post publishes into r once written)
 		return
@@ -361,19 +365,28 @@ func (srv *server) forgetIdle(r *room) {
 	if len(srv.idle) <= srv.idleCap {
 		return
 	}
-	var oldest *room
+	var gone *room
 	for o := range srv.idle {
-		if o.writing > 0 { // a message is on its way into it (the form posts to idle general)
+		if o.writing > 0 || o.name == defaultRoomName { // (a message may be on its way into it)
 			continue
 		}
-		if oldest == nil || o.history[len(o.history)-1].ID < oldest.history[len(oldest.history)-1].ID {
-			oldest = o
+		if gone == nil || worthLess(o, gone) {
+			gone = o
 		}
 	}
-	if oldest != nil { // else the next room to go idle tries again
-		delete(srv.idle, oldest)
-		delete(srv.rooms, oldest.name)
+	if gone != nil { // else the next room to go idle tries again
+		delete(srv.idle, gone)
+		delete(srv.rooms, gone.name)
 	}
+}
+
+// worthLess reports whether idle room a is worth less keeping than b: it has
+// fewer messages, or as many and its oldest is younger.
+func worthLess(a, b *room) bool {
+	if len(a.history) != len(b.history) {
+		return len(a.history) < len(b.history)
+	}
+	return a.history[0].ID > b.history[0].ID
 }
 
 // userEvent is the data of user_joined and user_left.

@@ -1321,19 +1321,30 @@ func TestHistoryCap(t *testing.T) {
 }
 
 // TestIdleRoomsCapped: rooms nobody is in are kept for their history, but
-// only cfg.MaxIdleRooms of them; the one with the oldest message goes first.
+// only cfg.MaxIdleRooms of them. Past that, the one with the fewest
+// messages goes, and of those the one whose history began last: a client
+// that churns through rooms of its own, a message each, pushes out its own
+// rooms, not the ones used before it; general is never pushed out.
 func TestIdleRoomsCapped(t *testing.T) {
 	t.Parallel()
-	srv, ts := startServer(t, func(c *config) { c.MaxIdleRooms = 2 })
+	srv, ts := startServer(t, func(c *config) { c.MaxIdleRooms = 3 }) // general, and two
 	alice := joined(t, ts, "alice")
-	for _, name := range []string{"a", "b", "c", "quiet"} {
+	visit := func(name string, messages int) {
+		t.Helper()
 		alice.call("join_room", map[string]any{"room": name})
-		if name != "quiet" {
-			alice.call("send_message", map[string]any{"room": name, "text": "in " + name})
+		for i := range messages {
+			alice.call("send_message", map[string]any{"room": name, "text": fmt.Sprint("in ", name, i)})
 		}
 		alice.call("leave_room", map[string]any{"room": name})
 	}
-	for room, want := range map[string]int{"a": 0, "b": 1, "c": 1, "quiet": 0} {
+	alice.call("send_message", map[string]any{"text": "in general"})
+	alice.call("leave_room", map[string]any{"room": "general"})
+	visit("old", 1)
+	visit("busy", 3)
+	for _, name := range []string{"junk-1", "junk-2", "junk-3", "quiet"} {
+		visit(name, map[bool]int{true: 0, false: 1}[name == "quiet"])
+	}
+	for room, want := range map[string]int{"general": 1, "old": 1, "busy": 3, "junk-1": 0, "junk-2": 0, "junk-3": 0, "quiet": 0} {
 		if _, body := httpGet(t, ts.URL+"/messages?room="+room); strings.Count(body, `"id"`) != want {
 			t.Errorf("room %s: got %s, want %d messages", room, body, want)
 		}
@@ -1341,14 +1352,28 @@ func TestIdleRoomsCapped(t *testing.T) {
 	srv.mu.Lock()
 	n := len(srv.rooms)
 	srv.mu.Unlock()
-	if n != 3 { // general, b, c
+	if n != 3 { // general, old, busy
 		t.Errorf("rooms kept: got %d, want 3", n)
+	}
+	// A room with more messages outweighs an older one with fewer.
+	visit("busier", 4)
+	for room, want := range map[string]int{"old": 0, "busy": 3, "busier": 4} {
+		if _, body := httpGet(t, ts.URL+"/messages?room="+room); strings.Count(body, `"id"`) != want {
+			t.Errorf("room %s: got %s, want %d messages", room, body, want)
+		}
+	}
+	// general has the fewest messages now, but it is the page's room.
+	visit("late", 2)
+	for room, want := range map[string]int{"general": 1, "late": 0} {
+		if _, body := httpGet(t, ts.URL+"/messages?room="+room); strings.Count(body, `"id"`) != want {
+			t.Errorf("room %s: got %s, want %d messages", room, body, want)
+		}
 	}
 	// Joining an idle room brings it back into use, history and all.
 	var rj joinedData
-	json.Unmarshal(alice.call("join_room", map[string]any{"room": "b"}).raw, &rj)
-	if len(rj.History) != 1 {
-		t.Errorf("history of b: got %v", rj.History)
+	json.Unmarshal(alice.call("join_room", map[string]any{"room": "busy"}).raw, &rj)
+	if len(rj.History) != 3 {
+		t.Errorf("history of busy: got %v", rj.History)
 	}
 }
 
