@@ -59,6 +59,12 @@ func TestCheckNameScripts(t *testing.T) {
 		{"guest-𝟎001", false},         // MATHEMATICAL BOLD DIGIT ZERO
 		{"ﬁona", false},               // the fi ligature
 		{"\u1100\u1175\u11B7", false}, // 김 spelled in conjoining jamo
+		{"bobˍsmith", false},          // MODIFIER LETTER LOW MACRON, drawn as _
+		{"bobˉsmith", false},          // MODIFIER LETTER MACRON
+		{"bobˈsmith", false},          // MODIFIER LETTER VERTICAL LINE
+		{"bobـsmith", false},          // ARABIC TATWEEL
+		{"عـلي", false},               // tatweel in an Arabic name too
+		{"Oʼneill", true},             // MODIFIER LETTER APOSTROPHE stays (foldName makes ʻ the same)
 	} {
 		if err := checkName(c.name); (err == nil) != c.ok {
 			t.Errorf("checkName(%q) = %v, want ok %v", c.name, err, c.ok)
@@ -94,6 +100,11 @@ func TestFoldName(t *testing.T) {
 		{"ſara", "sara"},   // long s
 		{"Иван", "иван"},
 		{"김민준", "김민준"},
+		{"alice  cooper", "alice cooper"}, // a run of spaces is one
+		{"a   b    c", "a b c"},
+		{"Hawaiʻi", "hawaiʼi"}, // ʻ ʼ ʽ are one apostrophe
+		{"Hawaiʽi", "hawaiʼi"},
+		{"Hawaiʼi", "hawaiʼi"},
 		{"Zoë", "zoë"},             // precomposed and decomposed ë are not folded together:
 		{"Zoe\u0308", "zoe\u0308"}, // that needs NFC, so validUsername refuses the mark
 	} {
@@ -129,12 +140,16 @@ func TestNameLookAlikes(t *testing.T) {
 	t.Parallel()
 	_, ts := startServer(t, nil)
 	joined(t, ts, "alice")
+	joined(t, ts, "alice  cooper")
 	bob := joined(t, ts, "bob")
 	lookAlikes := []struct{ name, code string }{
 		{"аlice", "invalid_username"},       // Cyrillic а
 		{"alice\u3164", "invalid_username"}, // HANGUL FILLER, drawn as nothing
 		{"ＡＬＩＣＥ", "username_taken"},         // full width: alice
 		{"ａｌｉｃｅ", "username_taken"},
+		{"alice cooper", "username_taken"}, // one space where there are two: drawn alike
+		{"alice   cooper", "username_taken"},
+		{"aliceˍcooper", "invalid_username"}, // drawn as alice_cooper
 	}
 	for _, c := range lookAlikes {
 		if a := postMessage(t, ts, c.name, "hi", nil); a.status != http.StatusBadRequest {
