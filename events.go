@@ -17,6 +17,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -151,12 +152,15 @@ var appliedAgain = map[string]bool{"join_room": true, "list_rooms": true, "echo_
 
 // maxRememberedEvent bounds an event of appliedAgain that is remembered, in
 // bytes: about what the answer to a message of maxText characters takes.
+// Of a bigger one (an echo of 16 KiB) only a hash is kept: the same event
+// resent is applied again as it is sent, another is refused.
 const maxRememberedEvent = 8 << 10
 
 // answered is what a session remembers of an ack number.
 type answered struct {
 	answer []byte          // the encoded answer, to send again
 	event  json.RawMessage // or, for appliedAgain, the event to apply again
+	digest *[32]byte       // or, for one of those too big to keep, its SHA-256
 }
 
 // handle applies one envelope and answers it: by ack when it has an ack
@@ -182,13 +186,18 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 		return true
 	}
 	a, again := s.acks[ack]
-	if again {
-		if a.event == nil {
-			s.push(a.answer) // a resent event: answered again, not applied again
-			return true
-		}
+	switch {
+	case !again:
+	case a.answer != nil:
+		s.push(a.answer) // a resent event: answered again, not applied again
+		return true
+	case a.event != nil:
 		env, _, err = decodeEnvelope(a.event) // applied again, as first sent
-	}
+	case *a.digest != sha256.Sum256(raw):
+		// Too big to keep, and not the same: the number is the client's
+		// mistake, and nothing is applied under it.
+		err = badRequest("ack number %d was given to another event", ack)
+	} // (else the same big event, applied again as sent)
 	var result ackData
 	if err == nil {
 		if apply := handlers[env.Event]; apply != nil {
@@ -208,6 +217,9 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 		s.remember(ack, answered{answer: answer.body})
 	case len(raw) <= maxRememberedEvent:
 		s.remember(ack, answered{event: bytes.Clone(raw)}) // not a piece of the client's whole message
+	default:
+		digest := sha256.Sum256(raw)
+		s.remember(ack, answered{digest: &digest})
 	}
 	s.pushEvent(answer)
 	return true

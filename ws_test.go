@@ -760,6 +760,28 @@ func TestResentAckAppliedAgain(t *testing.T) {
 		t.Errorf("echo resent with ack 3: got %s, want %s", got, first)
 	}
 
+	// An echo too big to keep (over maxRememberedEvent) is kept as a
+	// hash: sent again the same, it is answered the same; another event
+	// under its number is refused and not applied.
+	big := `{"event":"echo_message","data":"` + strings.Repeat("a", maxRememberedEvent) + `","ack":6}`
+	alice.sendRaw(big)
+	alice.expect("echo_response")
+	first = alice.expect("ack")
+	alice.sendRaw(big)
+	alice.expect("echo_response")
+	if got := alice.expect("ack"); string(got.Data) != string(first.Data) {
+		t.Errorf("a big echo resent with ack 6: got a different answer")
+	}
+	alice.sendRaw(`{"event":"send_message","data":{"text":"under a used number"},"ack":6}`)
+	var refused ackReply
+	alice.expect("ack").decode(t, &refused)
+	if refused.OK || refused.Error.Code != "bad_request" {
+		t.Errorf("send_message under the big echo's ack 6: got %+v, want bad_request", refused)
+	}
+	if got := storedTexts(t, ts); len(got) != 0 {
+		t.Errorf("GET /messages: got %q, want nothing stored", got)
+	}
+
 	alice.sendRaw(`{"event":"join_room","data":{"room":"r1"},"ack":4}`)
 	alice.expect("room_joined")
 	first = alice.expect("ack")
