@@ -30,6 +30,7 @@ type room struct {
 	// then costs a binary search and a copy, not a sort of the whole room.
 	members []*session
 	history []entry
+	born    int64               // the id of its first message (of the oldest on disk, after a restart): forgetIdle keeps older rooms
 	posting map[string]*posting // messages on their way to disk, by username and cid (post)
 	writing int                 // messages on their way to disk (post)
 	users   usersList           // the names room_joined lists, kept encoded (speed.go)
@@ -220,6 +221,9 @@ var errNotStored = &chatError{"server_busy", "the message could not be stored: t
 func (srv *server) publish(m message) {
 	r := srv.room(m.Room)
 	e := entry{m, encode("", m, "")}
+	if r.born == 0 {
+		r.born = m.ID
+	}
 	if len(r.history) < srv.cfg.History {
 		r.history = append(r.history, e)
 	} else if srv.cfg.History > 0 { // full: drop the oldest
@@ -244,6 +248,9 @@ func (srv *server) keepHistory(dir string) error {
 	defer srv.mu.Unlock()
 	for _, m := range history { // sorted by id
 		r := srv.room(m.Room)
+		if r.born == 0 {
+			r.born = m.ID
+		}
 		r.history = append(r.history, entry{m, encode("", m, "")})
 		srv.nextID = max(srv.nextID, m.ID)
 	}
@@ -348,10 +355,11 @@ func (srv *server) leave(s *session, r *room) {
 // after a restart, until as many have been joined). Without this cap, a
 // client joining and leaving new names in a loop would grow the map for
 // ever. Past it, one goes: the one with the fewest messages, and of those
-// the one whose history began last (worthLess). So a client that fills the
-// server with rooms of its own, a message each, pushes out its own rooms,
-// not those people have used for longer; and general, the page's room, is
-// never forgotten. srv.mu is held.
+// (every full room has -history) the one born last, whose first message
+// is the newest (worthLess). So a client that fills the server with rooms
+// of its own pushes out its own rooms, not those people have used for
+// longer, nor any full room that was there before; and general, the
+// page's room, is never forgotten. srv.mu is held.
 func (srv *server) forgetIdle(r *room) {
 	if len(r.members) > 0 || r.writing > 0 { // (post publishes into r once written)
 		return
@@ -367,7 +375,7 @@ func (srv *server) forgetIdle(r *room) {
 	}
 	var gone *room
 	for o := range srv.idle {
-		if o.writing > 0 || o.name == defaultRoomName { // (a message may be on its way into it)
+		if o.writing > 0 || o.name == defaultRoomName { // (a message on its way into a room would be lost with it)
 			continue
 		}
 		if gone == nil || worthLess(o, gone) {
@@ -381,12 +389,12 @@ func (srv *server) forgetIdle(r *room) {
 }
 
 // worthLess reports whether idle room a is worth less keeping than b: it has
-// fewer messages, or as many and its oldest is younger.
+// fewer messages, or as many and was born later.
 func worthLess(a, b *room) bool {
 	if len(a.history) != len(b.history) {
 		return len(a.history) < len(b.history)
 	}
-	return a.history[0].ID > b.history[0].ID
+	return a.born > b.born
 }
 
 // userEvent is the data of user_joined and user_left.

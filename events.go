@@ -156,7 +156,7 @@ var appliedAgain = map[string]bool{"join_room": true, "list_rooms": true, "echo_
 // resent is applied again as it is sent, another is refused.
 const maxRememberedEvent = 8 << 10
 
-// answered is what a session remembers of an ack number.
+// answered is what a session remembers of an ack number: one of the three.
 type answered struct {
 	answer []byte          // the encoded answer, to send again
 	event  json.RawMessage // or, for appliedAgain, the event to apply again
@@ -186,18 +186,22 @@ func (srv *server) handle(s *session, raw json.RawMessage) bool {
 		return true
 	}
 	a, again := s.acks[ack]
-	switch {
-	case !again:
-	case a.answer != nil:
-		s.push(a.answer) // a resent event: answered again, not applied again
-		return true
-	case a.event != nil:
-		env, _, err = decodeEnvelope(a.event) // applied again, as first sent
-	case *a.digest != sha256.Sum256(raw):
-		// Too big to keep, and not the same: the number is the client's
-		// mistake, and nothing is applied under it.
-		err = badRequest("ack number %d was given to another event", ack)
-	} // (else the same big event, applied again as sent)
+	if again { // a resent event: answered again, and never applied twice
+		switch {
+		case a.answer != nil:
+			s.push(a.answer)
+			return true
+		case a.event != nil:
+			env, _, err = decodeEnvelope(a.event) // applied again, as first sent
+		case *a.digest == sha256.Sum256(raw):
+			// the same big event: applied again, as sent
+		default:
+			// A big event cannot be applied again as first sent, for it
+			// was not kept: another one under its number is the client's
+			// mistake, and nothing is applied.
+			err = badRequest("ack number %d was given to another event", ack)
+		}
+	}
 	var result ackData
 	if err == nil {
 		if apply := handlers[env.Event]; apply != nil {

@@ -46,6 +46,10 @@ func main() {
 // and this leaves a second for everything after the connections close.
 const shutdownWait = 4 * time.Second
 
+// answerWait is how long the answer to a long-poll GET has to be written,
+// once the GET has been held -poll-timeout (the server's WriteTimeout).
+const answerWait = 10 * time.Second
+
 // run parses the flags, serves until ctx is done, then shuts down: every
 // WebSocket is closed with 1001 and every waiting long-poll answered.
 func run(ctx context.Context, args []string, stdout io.Writer) error {
@@ -148,7 +152,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		ReadTimeout:       30 * time.Second,
 		// A long-poll GET is held for cfg.PollTimeout before it is answered:
 		// the write timeout must outlast it.
-		WriteTimeout:   cfg.PollTimeout + 10*time.Second,
+		WriteTimeout:   cfg.PollTimeout + answerWait,
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: maxHeaderBytes,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),

@@ -93,11 +93,12 @@ func refusal(r rune) string {
 	// which is also one character, the one a Korean keyboard types.
 	case r >= 0x1100 && r <= 0x11FF, r >= 0xA960 && r <= 0xA97F, r >= 0xD7B0 && r <= 0xD7FF:
 		return "is a conjoining jamo"
-	// Punctuation in disguise: the modifier letters drawn as strokes and
-	// lines (ˈ ˉ ˊ ˋ ˌ ˍ ˎ ˏ, U+02C8–U+02CF: "bobˍsmith" is "bob_smith" to
-	// the eye) and the Arabic tatweel ـ, a line that stretches a word.
-	// They are letters to Unicode, of no script, so nothing above sees them.
-	case r >= 0x02C8 && r <= 0x02CF, r == 0x0640:
+	// Punctuation in disguise: the modifier letters drawn as strokes, lines
+	// and dots (ˈ ˉ ˊ ˋ ˌ ˍ ˎ ˏ ː ˑ, U+02C8–U+02D1: "bobˍsmith" is
+	// "bob_smith" to the eye), the Arabic tatweel ـ, a line that stretches
+	// a word, and the sinological dot ꞏ. They are letters to Unicode, of no
+	// script or of Latin, so nothing above sees them.
+	case r >= 0x02C8 && r <= 0x02D1, r == 0x0640, r == 0xA78F:
 		return "is drawn like punctuation"
 	}
 	return ""
@@ -115,8 +116,11 @@ func refusal(r rune) string {
 // folding's expansions ("straße" is not "strasse": they look different).
 //
 // Spaces: a run of them is one, as a page draws it ("alice  cooper" is
-// "alice cooper"). Apostrophes: the modifier letters drawn like one (the
-// Hawaiian ʻokina, ʼ, ʽ, ʾ, ʿ, ʹ) are one.
+// "alice cooper"). Look-alikes a name may hold (drawnAs): the modifier
+// letters drawn like an apostrophe (the Hawaiian ʻokina, ʼ, ʽ, ʾ, ʿ, ʹ) are
+// one, and the katakana ー is a hyphen ("bobーsmith" is "bob-smith": UTS #39
+// lets Latin and katakana mix). Not done: the rest of Unicode's
+// confusables, such as 0 and O, or l and I.
 //
 // Width: full-width ASCII U+FF01–U+FF5E becomes ASCII, U+3000 a space,
 // half-width katakana U+FF61–U+FF9F ordinary katakana (ｶﾞ is ガ, as in
@@ -125,12 +129,20 @@ func refusal(r rune) string {
 // nor canonical equivalence: "Zoë" with ë and with e+U+0308 get different
 // keys, which is safe only while validUsername refuses combining marks.
 func foldName(name string) string {
-	fold := func(r rune) rune { return unicode.ToLower(unicode.ToUpper(narrow(r))) }
+	fold := func(r rune) rune { return unicode.ToLower(unicode.ToUpper(drawnAs(narrow(r)))) }
 	key := voiced.Replace(strings.Map(fold, name))
-	for strings.Contains(key, "  ") { // a page draws two spaces as one
-		key = strings.ReplaceAll(key, "  ", " ")
+	return strings.Join(strings.Fields(key), " ") // a page draws two spaces as one
+}
+
+// drawnAs gives the character a name may hold that r is drawn like, or r.
+func drawnAs(r rune) rune {
+	switch {
+	case r == 0x02B9, r >= 0x02BB && r <= 0x02BF: // ʹ ʻ ʽ ʾ ʿ: an apostrophe, ʼ
+		return 0x02BC
+	case r == 0x30FC: // the long-vowel mark ー of katakana: a hyphen
+		return '-'
 	}
-	return key
+	return r
 }
 
 // narrow gives the ordinary form of a full-width or half-width r.
@@ -146,8 +158,6 @@ func narrow(r rune) rune {
 		return r - 0xFFA1 + 0x3131
 	case r >= 0xFFC2 && r <= 0xFFDC && r%8 >= 2: // ￂ to ￜ, vowels six to a row of eight
 		return 0x314F + (r-0xFFC2)/8*6 + r%8 - 2
-	case r == 0x02B9, r >= 0x02BB && r <= 0x02BF: // ʹ ʻ ʽ ʾ ʿ: drawn like ʼ, an apostrophe
-		return 0x02BC
 	}
 	return r
 }

@@ -63,6 +63,8 @@ func TestCheckNameScripts(t *testing.T) {
 		{"bobˉsmith", false},          // MODIFIER LETTER MACRON
 		{"bobˈsmith", false},          // MODIFIER LETTER VERTICAL LINE
 		{"bobـsmith", false},          // ARABIC TATWEEL
+		{"bobˑsmith", false},          // MODIFIER LETTER HALF TRIANGULAR COLON, drawn as .
+		{"bobꞏsmith", false},          // LATIN LETTER SINOLOGICAL DOT
 		{"عـلي", false},               // tatweel in an Arabic name too
 		{"Oʼneill", true},             // MODIFIER LETTER APOSTROPHE stays (foldName makes ʻ the same)
 	} {
@@ -102,6 +104,9 @@ func TestFoldName(t *testing.T) {
 		{"김민준", "김민준"},
 		{"alice  cooper", "alice cooper"}, // a run of spaces is one
 		{"a   b    c", "a b c"},
+		{"bobーsmith", "bob-smith"}, // the katakana long-vowel mark is a hyphen,
+		{"bobｰsmith", "bob-smith"}, // in half width too
+		{"ルーシー", "ル-シ-"},
 		{"Hawaiʻi", "hawaiʼi"}, // ʻ ʼ ʽ are one apostrophe
 		{"Hawaiʽi", "hawaiʼi"},
 		{"Hawaiʼi", "hawaiʼi"},
@@ -141,6 +146,7 @@ func TestNameLookAlikes(t *testing.T) {
 	_, ts := startServer(t, nil)
 	joined(t, ts, "alice")
 	joined(t, ts, "alice  cooper")
+	joined(t, ts, "alice-cooper")
 	bob := joined(t, ts, "bob")
 	lookAlikes := []struct{ name, code string }{
 		{"аlice", "invalid_username"},       // Cyrillic а
@@ -150,6 +156,7 @@ func TestNameLookAlikes(t *testing.T) {
 		{"alice cooper", "username_taken"}, // one space where there are two: drawn alike
 		{"alice   cooper", "username_taken"},
 		{"aliceˍcooper", "invalid_username"}, // drawn as alice_cooper
+		{"aliceーcooper", "username_taken"},   // drawn as alice-cooper
 	}
 	for _, c := range lookAlikes {
 		if a := postMessage(t, ts, c.name, "hi", nil); a.status != http.StatusBadRequest {

@@ -39,8 +39,9 @@ var page = template.Must(template.New("index.html").Funcs(template.FuncMap{
 const pageMessages = 50
 
 // pollSlack is how much longer than -poll-timeout the page waits for a
-// long-poll GET before it takes the server for gone and reconnects.
-const pollSlack = 15 * time.Second
+// long-poll GET before it takes the server for gone and reconnects. It is
+// longer than answerWait, so the server gives up on a GET first.
+const pollSlack = answerWait + 5*time.Second
 
 // pageCSP is the page's Content-Security-Policy: nothing from other origins,
 // no inline event handlers, and only the inline <script> and <style> that

@@ -174,8 +174,10 @@ func (srv *server) servePollReceive(w http.ResponseWriter, r *http.Request) {
 	if !p.replaced.Load() {
 		events, last = s.waiting(nil, after, 0)
 	}
-	// Written from the outbox's own bytes (writeEvents): a client that
-	// does not read holds no copy of its answer.
+	// Written from the outbox's own bytes (writeEvents; net/http buffers
+	// the small parts): a client that does not read holds no copy of its
+	// answer. A failed write loses nothing: the client asks again from the
+	// same after.
 	jsonHeaders(w)
 	w.WriteHeader(http.StatusOK)
 	n, _ := writeEvents(w, events, true)

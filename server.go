@@ -34,7 +34,7 @@
 //	journal.mu         with -data, the journal's queue (append, under srv.mu)
 //	session.outboxMu   a session's outbox and transport (push, under srv.mu)
 //	wsConn.mu          a connection's writer state (wake, under outboxMu)
-//	gatheredConn.mu    the bytes a writer gathers (speed.go)
+//	gatheredConn.mu    the bytes a writer gathers, and a framed message's deadline (speed.go)
 package main
 
 import (
@@ -281,12 +281,13 @@ func writeRawJSON(w http.ResponseWriter, status int, b []byte) {
 // crossSite reports whether a state-changing request comes from another
 // site: its Origin is not this host, or the browser's Sec-Fetch-Site says
 // "cross-site". An origin that -origins allows is not another site, even
-// though a browser there says "cross-site" too. Like a WebSocket handshake
-// (coder/websocket checks the same), a form on another site must not post
-// as our users.
+// though a browser there says "cross-site" too. A form on another site must
+// not post as our users. (A WebSocket handshake is checked by
+// coder/websocket, on its Origin alone, by the same -origins patterns.)
 func (srv *server) crossSite(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
-	if origin != "" && srv.allowedOrigin(origin) {
+	u, err := url.Parse(origin)
+	if origin != "" && err == nil && srv.allowedOrigin(u) {
 		return false
 	}
 	if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
@@ -295,15 +296,13 @@ func (srv *server) crossSite(r *http.Request) bool {
 	if origin == "" {
 		return false // not a browser, or an old one: nothing says another site
 	}
-	u, err := url.Parse(origin)
 	// "null" and other opaque origins have no host: another site.
 	return err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host)
 }
 
-// allowedOrigin reports whether origin matches a pattern of -origins.
-func (srv *server) allowedOrigin(origin string) bool {
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
+// allowedOrigin reports whether the origin u matches a pattern of -origins.
+func (srv *server) allowedOrigin(u *url.URL) bool {
+	if u.Host == "" {
 		return false
 	}
 	for _, pattern := range srv.cfg.Origins {

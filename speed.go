@@ -15,6 +15,9 @@
 //     already, instead of a new one that grows it again.
 //   - gatheredConn: a message goes to the network in one system call, and
 //     an idle connection holds no write buffer.
+//   - writeInFrames: a big message (a room's history) goes in frames
+//     straight from the outbox, so a client that does not read holds no
+//     copy of it.
 //   - hijacker: small read and write buffers for a WebSocket's whole life,
 //     instead of net/http's 4 KiB each.
 //   - readNext: the reader reads each message on a fresh goroutine, whose
@@ -31,12 +34,17 @@ package main
 
 import (
 	"bufio"
+	"context"
+	"errors"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // takeTurns is what a WebSocket writer does between two writes: it lets
@@ -106,9 +114,9 @@ func (p *writerPool) wait() *wsConn {
 
 // The buffers between a WebSocket and the network, in bytes. A connection
 // keeps them for its whole life. Client events are small. Server messages
-// are gathered whole by gatheredConn, so the write buffer only needs to hold
-// a control frame (at most 127 bytes): then a pong or a close, too, is one
-// system call.
+// (and each frame of a big one) are gathered whole by gatheredConn, so the
+// write buffer only needs to hold a control frame (at most 127 bytes):
+// then a pong or a close, too, is one system call.
 const (
 	readBuffer  = 512
 	writeBuffer = 128
@@ -146,7 +154,9 @@ func (w *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // network, or join the gathered message if they come while it is being
 // written. mu keeps the writes in order (coder/websocket holds its own lock
 // for each frame, and takes mu within it); send and Close take mu alone.
-// Whoever holds mu writes with a deadline, so Close waits at most writeWait.
+// Whoever holds mu writes with a deadline, so Close waits at most writeWait:
+// writeWait from each write, or, while a big message goes in frames
+// (writeInFrames), the one deadline of the whole message (within).
 type gatheredConn struct {
 	net.Conn
 
@@ -194,7 +204,8 @@ func (c *gatheredConn) send() error {
 	return err
 }
 
-// write writes p to the network within writeWait, or fails, and then the
+// write writes p to the network within writeWait (or by c.within, in the
+// middle of a message written in frames), or fails, and then the
 // connection is of no more use. The deadline is the write's own, not the
 // connection's context: a write cut short by a cancelled context would
 // drop the connection without a close frame, and the client would never
@@ -209,12 +220,64 @@ func (c *gatheredConn) write(p []byte) (int, error) {
 }
 
 // writeWithin gives every write until the next call the same deadline, for
-// a message written in frames (wsConn.writeEvents): the whole message must
-// go within writeWait, not each frame. Zero ends it.
+// a message written in frames (writeInFrames): the whole message must go
+// within writeWait, not each frame. Zero ends it.
 func (c *gatheredConn) writeWithin(deadline time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.within = deadline
+}
+
+// maxGathered bounds a message that is copied whole into one buffer, in
+// bytes: the events of one write stop there (session.waiting), and a single
+// event bigger than that goes in frames (writeInFrames). A writer that
+// waits on a client that does not read holds at most this much, twice
+// (the message, and the frame gathered from it).
+const maxGathered = 32 << 10
+
+// frameSize is the size of the frames of a message written in frames.
+const frameSize = 16 << 10
+
+// writeInFrames sends a message bigger than maxGathered, a single event (a
+// room_joined that carries a full room's history, up to 1.2 MB), straight
+// from the outbox's bytes: in frames of frameSize, each gathered and sent
+// in one system call, the whole within writeWait. Buys: a client that does
+// not read holds up its writer, but no copy of the message; 200 such
+// clients held 800 MB before (README, Where memory is bounded).
+func (c *wsConn) writeInFrames(events []outEvent) error {
+	c.net.writeWithin(time.Now().Add(writeWait))
+	defer c.net.writeWithin(time.Time{})
+	w, err := c.conn.Writer(context.Background(), websocket.MessageText)
+	if err != nil {
+		return err
+	}
+	frames := gatheredFrames{c.net, w}
+	buffered := bufio.NewWriterSize(frames, frameSize) // the small parts (a seq, a comma) join the next frame
+	n, err := writeEvents(buffered, events, false)
+	if err = errors.Join(err, buffered.Flush(), frames.Close()); err == nil {
+		c.s.srv.metrics.written.Add(int64(n))
+	}
+	return err
+}
+
+// gatheredFrames is a message writer of coder/websocket whose every Write
+// is one frame, gathered and sent in one system call: coder/websocket
+// writes a frame's header and its payload separately.
+type gatheredFrames struct {
+	net *gatheredConn
+	w   io.WriteCloser
+}
+
+func (f gatheredFrames) Write(p []byte) (int, error) {
+	f.net.gather()
+	n, err := f.w.Write(p)
+	return n, errors.Join(err, f.net.send())
+}
+
+// Close writes the message's last frame, which is empty.
+func (f gatheredFrames) Close() error {
+	f.net.gather()
+	return errors.Join(f.w.Close(), f.net.send())
 }
 
 // readNext has the reader read the next message on a fresh goroutine, not
@@ -267,11 +330,11 @@ func (p *listPool) get() *[]outEvent {
 	return list
 }
 
-// put gives list back, as events: the list it grew to. They are cleared
-// first, so that the pool holds none of their bytes.
-func (p *listPool) put(list *[]outEvent, events []outEvent) {
-	clear(events)
-	*list = events[:0]
+// put gives list back, emptied: its events are cleared first, so that the
+// pool holds none of their bytes.
+func (p *listPool) put(list *[]outEvent) {
+	clear(*list)
+	*list = (*list)[:0]
 	p.pool.Put(list)
 }
 

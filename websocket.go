@@ -244,9 +244,10 @@ func (c *wsConn) rest() bool {
 
 // writeLoop is a writer: while it runs, the only goroutine that writes
 // messages to the connection. It sends the welcome first, then the events
-// after c.after, all that are waiting in one message, and ends when there
-// is nothing more (rest). When ctx ends, or a write fails, it closes the
-// connection, and no writer starts after it.
+// after c.after, as many as are waiting in one message (up to
+// maxGathered bytes), and ends when there is nothing more (rest). When ctx
+// ends, or a write fails, it closes the connection, and no writer starts
+// after it.
 func (c *wsConn) writeLoop() {
 	defer c.running.Done()
 	var err error
@@ -266,18 +267,21 @@ func (c *wsConn) writeLoop() {
 			err = context.Cause(c.ctx)
 			break
 		}
+		// At most maxGathered bytes of events (or one bigger event) at a
+		// time: the rest go in the next message.
 		list := eventLists.get()
-		events, last := c.s.waiting((*list)[:0], c.after, maxGathered)
-		waiting := len(events) > 0
-		if waiting {
-			if err = c.writeEvents(events); err == nil {
+		var last int64
+		*list, last = c.s.waiting(*list, c.after, maxGathered)
+		sending := len(*list) > 0
+		if sending {
+			if err = c.sendEvents(*list); err == nil {
 				c.s.srv.metrics.wroteBatch(last - c.after)
 				c.after = last
 				c.s.markDelivered(c, last)
 			}
 		}
-		eventLists.put(list, events)
-		if !waiting && c.rest() {
+		eventLists.put(list)
+		if !sending && c.rest() {
 			return // drained: the next wake starts a writer again
 		}
 	}
@@ -293,35 +297,18 @@ func (c *wsConn) writeLoop() {
 	}
 }
 
-// maxGathered bounds the events one message carries, in bytes, but for a
-// single event bigger than that: a writer that waits on a client that does
-// not read holds at most this much of a copy (twice: write).
-const maxGathered = 32 << 10
-
-// writeEvents sends events in one message. Those that waiting gathered up
-// to maxGathered are copied into one buffer and sent in one system call
-// (write). A bigger one, a single event (a room_joined with a full room's
-// history), is written in frames straight from the outbox's bytes,
-// within writeWait: a client that does not read holds up its writer, but
-// no copy of the message.
-func (c *wsConn) writeEvents(events []outEvent) error {
-	if len(events) > 1 || events[0].size() <= maxGathered {
-		buf := writeBuffers.get()
-		*buf = appendEvents(*buf, events, false)
-		err := c.write(*buf)
-		writeBuffers.put(buf)
-		return err
+// sendEvents sends events in one message: copied into one buffer and sent
+// in one system call (write), or, where it is a single event bigger than
+// maxGathered (a room_joined with a full room's history), in frames
+// straight from the outbox (writeInFrames, speed.go).
+func (c *wsConn) sendEvents(events []outEvent) error {
+	if len(events) == 1 && events[0].size() > maxGathered {
+		return c.writeInFrames(events)
 	}
-	c.net.writeWithin(time.Now().Add(writeWait))
-	defer c.net.writeWithin(time.Time{})
-	w, err := c.conn.Writer(context.Background(), websocket.MessageText)
-	if err != nil {
-		return err
-	}
-	n, err := writeEvents(w, events, false)
-	if err = errors.Join(err, w.Close()); err == nil {
-		c.s.srv.metrics.written.Add(int64(n))
-	}
+	buf := writeBuffers.get()
+	*buf = appendEvents(*buf, events, false)
+	err := c.write(*buf)
+	writeBuffers.put(buf)
 	return err
 }
 

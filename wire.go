@@ -21,7 +21,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -63,7 +62,8 @@ func (e outEvent) append(buf []byte) []byte {
 }
 
 // appendEvents appends events to buf as one JSON value: the envelope alone
-// where there is one and array is false, else a JSON array of them.
+// where there is one and array is false, else a JSON array of them. It is
+// the path of almost every write, and allocates nothing.
 func appendEvents(buf []byte, events []outEvent, array bool) []byte {
 	array = array || len(events) != 1
 	if array {
@@ -81,22 +81,26 @@ func appendEvents(buf []byte, events []outEvent, array bool) []byte {
 	return buf
 }
 
-// writeEvents writes what appendEvents appends, to w, and returns how many
-// bytes that was. The big parts (a room's history, 1.2 MB at most) go to
-// w from the outbox itself: a client that does not read holds up the
-// write, but no copy of the message. The small ones go together, through a
-// buffer of writeEventsBuffer bytes.
+// writeEvents writes to w what appendEvents appends, part by part, and
+// returns how many bytes that was: the parts go from the outbox itself (a
+// room's history is one part per message), so a client that does not read
+// holds up the write, but no copy of the answer. w should be buffered: the
+// seq and the commas are parts of a few bytes.
 func writeEvents(w io.Writer, events []outEvent, array bool) (int, error) {
-	bw := bufio.NewWriterSize(w, writeEventsBuffer)
 	n := 0
+	var err error
 	put := func(b []byte) {
-		k, _ := bw.Write(b) // (an error stays in bw, for Flush)
-		n += k
+		if err == nil {
+			var k int
+			k, err = w.Write(b)
+			n += k
+		}
 	}
 	array = array || len(events) != 1
 	if array {
 		put(openBracket)
 	}
+	var seq [24]byte
 	for i, e := range events {
 		if i > 0 {
 			put(comma)
@@ -106,16 +110,13 @@ func writeEvents(w io.Writer, events []outEvent, array bool) (int, error) {
 			put(part)
 		}
 		put(e.tail)
-		put(append(strconv.AppendInt(bw.AvailableBuffer(), e.seq, 10), '}'))
+		put(append(strconv.AppendInt(seq[:0], e.seq, 10), '}'))
 	}
 	if array {
 		put(closeBracket)
 	}
-	return n, bw.Flush()
+	return n, err
 }
-
-// writeEventsBuffer is the buffer of writeEvents, in bytes.
-const writeEventsBuffer = 4 << 10
 
 var openBracket, closeBracket = []byte("["), []byte("]")
 

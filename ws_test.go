@@ -1399,6 +1399,39 @@ func TestIdleRoomsCapped(t *testing.T) {
 	}
 }
 
+// TestIdleFullRoomsKept: full rooms all have -history messages; of those
+// the one born last goes, not the one used last: a room that was there
+// before a client's rooms stays, however recently it was busy.
+func TestIdleFullRoomsKept(t *testing.T) {
+	t.Parallel()
+	_, ts := startServer(t, func(c *config) { c.MaxIdleRooms, c.History = 2, 2 })
+	alice := joined(t, ts, "alice")
+	alice.call("leave_room", map[string]any{"room": "general"})
+	post := func(room string) {
+		t.Helper()
+		for i := range 3 {
+			alice.call("send_message", map[string]any{"room": room, "text": fmt.Sprint("in ", room, i)})
+		}
+	}
+	for _, room := range []string{"old", "junk-1", "junk-2"} {
+		alice.call("join_room", map[string]any{"room": room})
+		post(room)
+		if room != "junk-2" {
+			alice.call("leave_room", map[string]any{"room": room})
+		}
+	}
+	// old is busy again, after junk-2 was made: its messages are the newest.
+	alice.call("join_room", map[string]any{"room": "old"})
+	post("old")
+	alice.call("leave_room", map[string]any{"room": "old"})
+	alice.call("leave_room", map[string]any{"room": "junk-2"}) // three idle rooms: one goes
+	for room, want := range map[string]int{"old": 2, "junk-1": 2, "junk-2": 0} {
+		if _, body := httpGet(t, ts.URL+"/messages?room="+room); strings.Count(body, `"id"`) != want {
+			t.Errorf("room %s: got %s, want %d messages", room, body, want)
+		}
+	}
+}
+
 // TestIdleRoomBeingWritten: with -data a message is on its way to a room
 // for a moment before it is published; the form posts to general even when
 // nobody is in it. Meanwhile the room must not be forgotten as idle, or its
