@@ -22,8 +22,8 @@
 //     instead of net/http's 4 KiB each.
 //   - readNext: the reader reads each message on a fresh goroutine, whose
 //     stack is small again.
-//   - buffers, eventLists: scratch buffers and lists taken for one write or
-//     one encoding, and given back, so that an idle connection holds none.
+//   - pool: scratch buffers and lists taken for one write or one encoding,
+//     and given back, so that an idle connection holds none.
 //   - usersList and historyList: a room's users list and history are
 //     encoded once and shared by every joiner's room_joined, instead of
 //     copied into each joiner's outbox.
@@ -288,55 +288,35 @@ func (f gatheredFrames) Close() error {
 // Buys: a smaller idle connection once it has sent an event.
 func (c *wsConn) readNext() { go c.read() }
 
-// buffers is a pool of scratch buffers, each taken for one write or one
+// pool is a pool of scratch slices, each taken for one write or one
 // encoding and given back. Buys: an idle connection holds none.
-type buffers struct{ pool sync.Pool }
+type pool[T any] struct{ pool sync.Pool }
 
-// get returns an empty buffer.
-func (b *buffers) get() *[]byte {
-	buf, _ := b.pool.Get().(*[]byte)
-	if buf == nil {
-		buf = new([]byte)
+// get returns an empty slice.
+func (p *pool[T]) get() *[]T {
+	s, _ := p.pool.Get().(*[]T)
+	if s == nil {
+		s = new([]T)
 	}
-	*buf = (*buf)[:0]
-	return buf
+	return s
 }
 
-// put gives buf back; an outsize one goes to the garbage collector.
-func (b *buffers) put(buf *[]byte) {
-	if cap(*buf) <= 64<<10 {
-		b.pool.Put(buf)
+// put gives s back, emptied; an outsize one goes to the garbage collector.
+// What it held is cleared first, so that the pool keeps nothing alive.
+func (p *pool[T]) put(s *[]T) {
+	if cap(*s) > 64<<10 {
+		return
 	}
+	clear(*s)
+	*s = (*s)[:0]
+	p.pool.Put(s)
 }
 
 var (
-	writeBuffers  buffers // the messages a writer builds and gathers
-	encodeBuffers buffers // encode's scratch space (wire.go)
+	writeBuffers  pool[byte]     // the messages a writer builds and gathers
+	encodeBuffers pool[byte]     // encode's scratch space (wire.go)
+	eventLists    pool[outEvent] // the events of one write (session.waiting): a write allocates no list
 )
-
-// eventLists is a pool of lists of events, each taken by a WebSocket writer
-// for one write (session.waiting) and given back. Buys: a write allocates
-// no list, and an idle connection holds none.
-var eventLists listPool
-
-type listPool struct{ pool sync.Pool }
-
-// get returns an empty list.
-func (p *listPool) get() *[]outEvent {
-	list, _ := p.pool.Get().(*[]outEvent)
-	if list == nil {
-		list = new([]outEvent)
-	}
-	return list
-}
-
-// put gives list back, emptied: its events are cleared first, so that the
-// pool holds none of their bytes.
-func (p *listPool) put(list *[]outEvent) {
-	clear(*list)
-	*list = (*list)[:0]
-	p.pool.Put(list)
-}
 
 // usersList is the users list that room_joined carries: the names of a
 // room's first `listed` members (cfg.PresenceLimit), sorted, and the same
