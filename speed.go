@@ -302,12 +302,12 @@ func (p *pool[T]) get() *[]T {
 }
 
 // put gives s back, emptied; an outsize one goes to the garbage collector.
-// What it held is cleared first, so that the pool keeps nothing alive.
+// A slice of pointers must be cleared first (eventLists), so that the pool
+// keeps nothing alive; bytes need not be.
 func (p *pool[T]) put(s *[]T) {
 	if cap(*s) > 64<<10 {
 		return
 	}
-	clear(*s)
 	*s = (*s)[:0]
 	p.pool.Put(s)
 }
@@ -315,7 +315,7 @@ func (p *pool[T]) put(s *[]T) {
 var (
 	writeBuffers  pool[byte]     // the messages a writer builds and gathers
 	encodeBuffers pool[byte]     // encode's scratch space (wire.go)
-	eventLists    pool[outEvent] // the events of one write (session.waiting): a write allocates no list
+	eventLists    pool[outEvent] // the events of one write (session.waiting), cleared before put: a write allocates no list
 )
 
 // usersList is the users list that room_joined carries: the names of a

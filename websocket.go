@@ -280,6 +280,7 @@ func (c *wsConn) writeLoop() {
 				c.s.markDelivered(c, last)
 			}
 		}
+		clear(*list) // the events' bytes may go, once the outbox lets them
 		eventLists.put(list)
 		if !sending && c.rest() {
 			return // drained: the next wake starts a writer again
